@@ -1,0 +1,1 @@
+"""Image and latent datasets: ADM preprocessing, latent shards, latent statistics."""

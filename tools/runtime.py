@@ -1,0 +1,95 @@
+"""One runtime setup for every entry script: processes, device, seeds, logging and run dir.
+
+Multi-process work goes through `accelerate` (launched by `tools/launch.sh`, `torchrun`, or
+SLURM-style env variables); on a machine without CUDA it runs on CPU with gloo. Rank 0 logs INFO
+to the console and to `{run_dir}/log.txt`; other ranks log warnings only.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+LOG_FORMAT = "[%(asctime)s] %(message)s"
+
+
+@dataclass
+class Runtime:
+    accelerator: "object"          # accelerate.Accelerator
+    device: torch.device
+    rank: int
+    world_size: int
+    local_rank: int
+    run_dir: Optional[Path]
+    logger: logging.Logger
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rank_seed(global_seed: int, rank: int, world_size: int) -> int:
+    """The per-rank seed (DiT's rule): different on every rank, reproducible for a world size."""
+    return global_seed * world_size + rank
+
+
+def configure_logging(is_main: bool, log_file: Optional[Path] = None) -> None:
+    """Root logging for an entry script: INFO on rank 0 (console + file), WARNING elsewhere."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        root.removeHandler(handler)
+    root.setLevel(logging.INFO if is_main else logging.WARNING)
+    formatter = logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S")
+    console = logging.StreamHandler(sys.stdout)
+    console.setFormatter(formatter)
+    root.addHandler(console)
+    if is_main and log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(formatter)
+        root.addHandler(file_handler)
+
+
+def setup_runtime(run_dir: Optional[str] = None, seed: Optional[int] = None,
+                  mixed_precision: Optional[str] = None, log_file: str = "log.txt",
+                  name: str = "lightningdit") -> Runtime:
+    """Create the Accelerator, seed this rank, configure logging and create `run_dir`.
+
+    `mixed_precision` None keeps what the launcher chose (`accelerate launch --mixed_precision`).
+    `seed` is the global seed; rank r is seeded with `rank_seed(seed, r, world_size)`.
+    """
+    from accelerate import Accelerator
+
+    kwargs = {} if mixed_precision is None else {"mixed_precision": mixed_precision}
+    if not torch.cuda.is_available():
+        kwargs["cpu"] = True
+    accelerator = Accelerator(**kwargs)
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    rank, world = accelerator.process_index, accelerator.num_processes
+    path = Path(run_dir) if run_dir is not None else None
+    if path is not None and accelerator.is_main_process:
+        path.mkdir(parents=True, exist_ok=True)
+    configure_logging(accelerator.is_main_process, path / log_file if path is not None else None)
+    if seed is not None:
+        seed_everything(rank_seed(seed, rank, world))
+    logger = logging.getLogger(name)
+    logger.info("processes: %d, device: %s, mixed precision: %s", world, accelerator.device,
+                accelerator.mixed_precision)
+    return Runtime(accelerator=accelerator, device=accelerator.device, rank=rank, world_size=world,
+                   local_rank=accelerator.local_process_index, run_dir=path, logger=logger)
