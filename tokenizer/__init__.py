@@ -1,0 +1,27 @@
+"""VA-VAE tokenizer: KL autoencoder, strict weight loading, the `VA_VAE` / `MAR_VAE` image<->latent
+wrappers and LPIPS (inference side, REFERENCE.md §5); training parts live in sibling modules.
+
+Public names are imported lazily so `import tokenizer.<module>` stays cheap:
+`AutoencoderKL`, `DiagonalGaussianDistribution`, `load_autoencoder_weights`, `VA_VAE`, `MAR_VAE`,
+`LPIPSLoss`.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AutoencoderKL": "tokenizer.autoencoder",
+    "DiagonalGaussianDistribution": "tokenizer.distributions",
+    "load_autoencoder_weights": "tokenizer.checkpoint",
+    "VA_VAE": "tokenizer.vavae",
+    "MAR_VAE": "tokenizer.marvae",
+    "LPIPSLoss": "tokenizer.lpips",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'tokenizer' has no attribute '{name}'")

@@ -1,0 +1,100 @@
+"""Strict loader for released KL-autoencoder weights (VA-VAE, MAR KL-16).
+
+Replaces the reference's `AutoencoderKL.init_from_ckpt` (REFERENCE.md §5.2, §9.2). The reference
+filters with `'foundation_model.model' and 'loss' not in k` (only "loss" keys are dropped) and
+loads with strict=False, so a wrong path or prefix silently leaves a random VAE. Here:
+- `.pt` / `.ckpt` (a bare state dict, `{'state_dict': ...}` as in Lightning checkpoints, or
+  `{state_key: ...}`, e.g. MAR's `{'model': ...}`) and `.safetensors` are read;
+- the training-only entries of the released file (`loss.*`, `foundation_model.*`, `linear_proj.*`)
+  are dropped and counted in a log line;
+- any other unexpected key, any missing autoencoder key or any shape mismatch raises ValueError
+  naming the keys; a missing file raises FileNotFoundError saying where the weights come from.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+TRAINING_ONLY_PREFIXES = ("loss.", "foundation_model.", "linear_proj.")
+VAVAE_WEIGHTS_HINT = ("download vavae-imagenet256-f16d32-dinov2.pt from the Hugging Face hub repo "
+                      "hustvl/vavae-imagenet256-f16d32-dinov2 and set ckpt_path in the tokenizer YAML")
+MARVAE_WEIGHTS_HINT = ("download MAR's KL-16 VAE (kl16.ckpt, Hugging Face hub repo jadechoghari/mar, "
+                       "see github.com/LTH14/mar) and set ckpt_path in the tokenizer YAML")
+
+
+def _torch_load(path: str) -> Any:
+    """torch.load with weights_only=True; a full Lightning checkpoint (pickled callbacks and
+    hyper-parameters) needs weights_only=False, which is only safe for files you trust."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        logger.info("%s is not a plain tensor file (%s); loading it with weights_only=False, "
+                    "as a full Lightning checkpoint needs (only do this for trusted files)",
+                    path, str(err).splitlines()[0])
+        return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def read_state_dict(path: str | os.PathLike, state_key: str | None = None,
+                    hint: str = VAVAE_WEIGHTS_HINT) -> dict[str, torch.Tensor]:
+    """Read a flat {name: tensor} dict from `path` (.safetensors, .pt, .ckpt, .pth).
+
+    `state_key`: the entry holding the state dict (e.g. 'model' for MAR); when None, a top-level
+    'state_dict' entry is used if present, else the file must itself be the state dict.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"autoencoder checkpoint not found: {path} ({hint})")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+        obj: Any = load_file(path, device="cpu")
+    else:
+        obj = _torch_load(path)
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
+    if state_key is not None:
+        if state_key not in obj:
+            raise ValueError(f"{path}: no '{state_key}' entry (top-level keys: {sorted(obj)[:10]})")
+        obj = obj[state_key]
+    elif "state_dict" in obj:
+        obj = obj["state_dict"]
+    bad = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ValueError(f"{path}: not a state dict, non-tensor entries {bad[:10]}")
+    return dict(obj)
+
+
+def load_autoencoder_weights(model: nn.Module, path: str | os.PathLike, *,
+                             state_key: str | None = None, hint: str = VAVAE_WEIGHTS_HINT
+                             ) -> dict[str, int]:
+    """Load released weights into an `AutoencoderKL` strictly; returns {'loaded', 'ignored'} counts.
+
+    Keys under `TRAINING_ONLY_PREFIXES` are ignored (logged with their count). Raises
+    FileNotFoundError for a missing file and ValueError for missing / unexpected / mis-shaped keys.
+    """
+    sd = read_state_dict(path, state_key, hint)
+    ignored = [k for k in sd if k.startswith(TRAINING_ONLY_PREFIXES)]
+    sd = {k: v for k, v in sd.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{os.fspath(path)} does not match the autoencoder: "
+                         f"{len(missing)} missing keys {missing[:8]}, "
+                         f"{len(unexpected)} unexpected keys {unexpected[:8]}")
+    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+                  for k, v in sd.items() if v.shape != expected[k].shape]
+    if mismatched:
+        raise ValueError(f"{os.fspath(path)}: shape mismatch {mismatched[:8]}")
+    model.load_state_dict(sd, strict=True)
+    if ignored:
+        logger.info("%s: ignored %d training-only entries (%s)", os.fspath(path), len(ignored),
+                    ", ".join(sorted({k.split('.')[0] + '.*' for k in ignored})))
+    logger.info("loaded %d autoencoder tensors from %s", len(sd), os.fspath(path))
+    return {"loaded": len(sd), "ignored": len(ignored)}
