@@ -28,3 +28,10 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path):
         atomic_write(target, broken)
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_atomic_files_get_umask_permissions(tmp_path):
+    umask = os.umask(0)
+    os.umask(umask)
+    atomic_write_json({}, tmp_path / "p.json")
+    assert (tmp_path / "p.json").stat().st_mode & 0o777 == 0o666 & ~umask
