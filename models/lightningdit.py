@@ -1,0 +1,517 @@
+"""LightningDiT: the class-conditional latent diffusion transformer of "Reconstruction vs.
+Generation" (hustvl/LightningDiT), in the layout of facebookresearch/DiT's models.py.
+
+Behaviour follows the reference implementation (spec: REFERENCE.md sections 1 and 11.1):
+state_dict keys, shapes and persistence are identical for every flag combination, so released
+checkpoints load with strict=True and ours load in theirs. The block is written for speed
+(fused SDPA, F.rms_norm, RoPE as one complex multiply on precomputed tables, no einops
+re-layouts) while giving the reference's numbers: the same dtype at every rounding point under
+bf16 autocast, and float32 results equal to float rounding (most paths are bit-identical).
+
+Quirks the published numbers depend on are kept as defaults (REFERENCE.md 9.1):
+- t in [0, 1] enters the sinusoidal embedder as is (no x1000), cos half first.
+- The absolute sin-cos pos_embed (w index first) is added even when RoPE (h index first) is on.
+- RoPE buffers are persistent and cover the full head dim with interleaved pairs.
+- forward_with_cfg guides only the first 3 channels (cfg_channels=3); cfg_channels=None is the fix.
+"""
+import logging
+import math
+from typing import Callable, Dict, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Mlp, PatchEmbed
+from torch.utils.checkpoint import checkpoint
+
+logger = logging.getLogger(__name__)
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def modulate(x: torch.Tensor, shift: Optional[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
+    """adaLN modulation x * (1 + scale) + shift; x (B, N, D), shift/scale (B, D)."""
+    x = x * (1 + scale.unsqueeze(1))
+    if shift is None:  # wo_shift variant
+        return x
+    return x + shift.unsqueeze(1)
+
+
+def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x + gate[:, None] * y. addcmul saves a pass, but it skips the rounding of the product to
+    the product's dtype, so it is used only when all three dtypes agree (then it is exact
+    to float rounding); under bf16 autocast the reference's bf16 product is kept."""
+    gate = gate.unsqueeze(1)
+    if x.dtype == gate.dtype == y.dtype:
+        return torch.addcmul(x, gate, y)
+    return x + gate * y
+
+
+#################################################################################
+#                Embedding layers for timesteps and class labels                #
+#################################################################################
+
+class TimestepEmbedder(nn.Module):
+    """Embeds scalar timesteps t in [0, 1] into vectors: sinusoids then a 2-layer MLP."""
+
+    def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(frequency_embedding_size, hidden_size, bias=True),
+            nn.SiLU(),
+            nn.Linear(hidden_size, hidden_size, bias=True),
+        )
+        self.frequency_embedding_size = frequency_embedding_size
+
+    @staticmethod
+    def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+        """(B,) -> (B, dim): [cos(t * f_k), sin(t * f_k)], f_k = max_period^(-k / half), cos first.
+        t is used as given, not multiplied by 1000 (REFERENCE.md 1.5 step 2, 9.1 item 2)."""
+        half = dim // 2
+        freqs = torch.exp(
+            -math.log(max_period) * torch.arange(0, half, dtype=torch.float32, device=t.device) / half
+        )
+        args = t[:, None].float() * freqs[None]
+        embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        if dim % 2:
+            embedding = torch.cat([embedding, torch.zeros_like(embedding[:, :1])], dim=-1)
+        return embedding
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.timestep_embedding(t, self.frequency_embedding_size))
+
+
+class LabelEmbedder(nn.Module):
+    """Embeds class labels; in training, drops each label to the null class `num_classes` with
+    probability dropout_prob (for classifier-free guidance)."""
+
+    def __init__(self, num_classes: int, hidden_size: int, dropout_prob: float):
+        super().__init__()
+        use_cfg_embedding = dropout_prob > 0
+        self.embedding_table = nn.Embedding(num_classes + use_cfg_embedding, hidden_size)
+        self.num_classes = num_classes
+        self.dropout_prob = dropout_prob
+
+    def token_drop(self, labels: torch.Tensor, force_drop_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if force_drop_ids is None:
+            drop_ids = torch.rand(labels.shape[0], device=labels.device) < self.dropout_prob
+        else:
+            drop_ids = force_drop_ids == 1
+        return torch.where(drop_ids, self.num_classes, labels)
+
+    def forward(self, labels: torch.Tensor, train: bool,
+                force_drop_ids: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if (train and self.dropout_prob > 0) or force_drop_ids is not None:
+            labels = self.token_drop(labels, force_drop_ids)
+        return self.embedding_table(labels)
+
+
+#################################################################################
+#                       Norm, feed-forward and rotary layers                    #
+#################################################################################
+
+class RMSNorm(nn.Module):
+    """y = (x_f32 * rsqrt(mean(x_f32^2) + eps)).to(x.dtype) * weight (REFERENCE.md 1.8).
+
+    F.rms_norm gives the same numbers: bit-identical for float32 x and weight, and for bf16/fp16
+    x the weight-free kernel computes in float32 and rounds to x.dtype before the weight multiply,
+    exactly where the reference rounds. Other dtype pairs use the written-out formula."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (x.shape[-1],)
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, shape, self.weight, self.eps)
+        if x.dtype in _LOW_PRECISION:
+            # .to(x.dtype) is a no-op unless an autocast policy upcast the kernel's output.
+            return F.rms_norm(x, shape, None, self.eps).to(x.dtype) * self.weight
+        xf = x.float()
+        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
+
+
+class SwiGLUFFN(nn.Module):
+    """w3(silu(gate) * value) with one fused input projection w12 = [gate; value]
+    (REFERENCE.md 1.9: hidden = int(2/3 * 4D), no rounding to a multiple of 8)."""
+
+    def __init__(self, in_features: int, hidden_features: int):
+        super().__init__()
+        self.w12 = nn.Linear(in_features, 2 * hidden_features, bias=True)
+        self.w3 = nn.Linear(hidden_features, in_features, bias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, value = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(gate) * value)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """Interleaved-pair rotation: (x0, x1, x2, x3, ...) -> (-x1, x0, -x3, x2, ...)."""
+    x = x.unflatten(-1, (-1, 2))
+    return torch.stack((-x[..., 1], x[..., 0]), dim=-1).flatten(-2)
+
+
+class VisionRotaryEmbedding(nn.Module):
+    """2-D RoPE over the token grid, EVA-02 "Fast" variant (REFERENCE.md 1.7).
+
+    freqs_cos / freqs_sin (N, head_dim) are persistent buffers (they are in released
+    checkpoints). Dims [0, head_dim/2) rotate with the row (h) index, the rest with the column
+    (w) index; each frequency fills an adjacent pair of dims. rope(x) = x*cos + rotate_half(x)*sin.
+
+    Because cos/sin are equal within each pair, that is the complex product of the pairs
+    (x_2i + i x_2i+1) with exp(i angle_i): one pass, no stack, same float32 roundings.
+    The complex table is rebuilt from the buffers on every call (tiny), so loaded values are
+    always used; a state dict whose tables lack the pair structure falls back to the formula."""
+
+    def __init__(self, dim: int, pt_seq_len: int, theta: float = 10000.0):
+        super().__init__()
+        freqs = 1.0 / (theta ** (torch.arange(0, dim, 2)[: dim // 2].float() / dim))  # (dim/2,)
+        pos = torch.arange(pt_seq_len) / pt_seq_len * pt_seq_len  # ft_seq_len == pt_seq_len
+        angles = (pos[:, None] * freqs[None, :]).repeat_interleave(2, dim=-1)  # (G, dim) f0 f0 f1 f1..
+        grid = torch.cat(  # (G, G, 2*dim): row-index angles first, then column-index angles
+            [angles[:, None, :].expand(-1, pt_seq_len, -1), angles[None, :, :].expand(pt_seq_len, -1, -1)],
+            dim=-1,
+        )
+        grid = grid.reshape(pt_seq_len * pt_seq_len, 2 * dim)  # token n = h * G + w
+        self.register_buffer("freqs_cos", grid.cos())
+        self.register_buffer("freqs_sin", grid.sin())
+        self._paired = True
+        self.register_load_state_dict_post_hook(VisionRotaryEmbedding._check_pairs)
+
+    @staticmethod
+    def _check_pairs(module: "VisionRotaryEmbedding", incompatible_keys) -> None:
+        c, s = module.freqs_cos, module.freqs_sin
+        if c.is_meta or s.is_meta:
+            return
+        module._paired = bool(torch.equal(c[:, 0::2], c[:, 1::2]) and torch.equal(s[:, 0::2], s[:, 1::2]))
+        if not module._paired:
+            logger.warning("RoPE tables are not pair-interleaved; using the unfused RoPE formula")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (B, heads, N, head_dim) -> same shape, dtype promoted with the tables' (as the reference)."""
+        cos, sin = self.freqs_cos, self.freqs_sin
+        dtype = torch.result_type(x, cos)
+        if not self._paired or dtype not in (torch.float32, torch.float64) or x.shape[-1] % 2:
+            return x * cos + rotate_half(x) * sin
+        rot = torch.complex(cos[:, 0::2].to(dtype), sin[:, 0::2].to(dtype))  # (N, head_dim/2)
+        xc = torch.view_as_complex(x.to(dtype).unflatten(-1, (-1, 2)))
+        return torch.view_as_real(xc * rot).flatten(-2)
+
+
+#################################################################################
+#                                 Core DiT Model                                #
+#################################################################################
+
+class Attention(nn.Module):
+    """Multi-head self-attention: fused qkv, optional per-head qk-norm, then RoPE on q and k,
+    then F.scaled_dot_product_attention (scale 1/sqrt(head_dim), no mask)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
+                 norm_layer: Callable[..., nn.Module] = nn.LayerNorm):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"hidden_size {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.q_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.k_norm = norm_layer(self.head_dim) if qk_norm else nn.Identity()
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, rope: Optional[VisionRotaryEmbedding] = None) -> torch.Tensor:
+        B, N, D = x.shape
+        qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)  # (B, h, N, d_h) each
+        q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = rope(q), rope(k)
+        x = F.scaled_dot_product_attention(q, k, v)  # attn_drop is 0 in the reference
+        return self.proj(x.transpose(1, 2).reshape(B, N, D))
+
+
+class LightningDiTBlock(nn.Module):
+    """Transformer block with adaLN-Zero conditioning (6 modulation vectors, 4 with wo_shift)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, use_qknorm: bool = False,
+                 use_swiglu: bool = False, use_rmsnorm: bool = False, wo_shift: bool = False):
+        super().__init__()
+        if use_rmsnorm:
+            self.norm1 = RMSNorm(hidden_size, eps=1e-6)
+            self.norm2 = RMSNorm(hidden_size, eps=1e-6)
+        else:
+            self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+            self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        # qk-norm: RMSNorm(eps 1e-6) with rmsnorm, else an affine LayerNorm with torch's eps 1e-5.
+        self.attn = Attention(hidden_size, num_heads, qkv_bias=True, qk_norm=use_qknorm,
+                              norm_layer=RMSNorm if use_rmsnorm else nn.LayerNorm)
+        mlp_hidden_dim = int(hidden_size * mlp_ratio)
+        if use_swiglu:
+            self.mlp = SwiGLUFFN(hidden_size, int(2 / 3 * mlp_hidden_dim))
+        else:
+            self.mlp = Mlp(in_features=hidden_size, hidden_features=mlp_hidden_dim,
+                           act_layer=lambda: nn.GELU(approximate="tanh"), drop=0)
+        self.wo_shift = wo_shift
+        n_mod = 4 if wo_shift else 6
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, n_mod * hidden_size, bias=True))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor,
+                feat_rope: Optional[VisionRotaryEmbedding] = None) -> torch.Tensor:
+        """x (B, N, D), c (B, D) -> (B, N, D)."""
+        if self.wo_shift:
+            scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(4, dim=1)
+            shift_msa = shift_mlp = None
+        else:
+            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = gated_residual(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope=feat_rope))
+        x = gated_residual(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """adaLN (shift, scale; always 2D, even with wo_shift) then a linear map to p*p*C_out."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int, use_rmsnorm: bool = False):
+        super().__init__()
+        if use_rmsnorm:
+            self.norm_final = RMSNorm(hidden_size, eps=1e-6)
+        else:
+            self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels, bias=True)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 2 * hidden_size, bias=True))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm_final(x), shift, scale))
+
+
+class LightningDiT(nn.Module):
+    """Diffusion transformer on (B, in_channels, input_size, input_size) latents.
+
+    input_size is the latent side (image_size / VAE downsample, 16 for 256 px). The defaults are
+    the reference's; the released model is LightningDiT-XL/1 with in_channels=32, input_size=16,
+    use_swiglu/use_rope/use_rmsnorm=True."""
+
+    def __init__(
+        self,
+        input_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 32,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        class_dropout_prob: float = 0.1,
+        num_classes: int = 1000,
+        learn_sigma: bool = False,
+        use_qknorm: bool = False,
+        use_swiglu: bool = False,
+        use_rope: bool = False,
+        use_rmsnorm: bool = False,
+        wo_shift: bool = False,
+        use_checkpoint: bool = False,
+    ):
+        super().__init__()
+        if input_size % patch_size:
+            raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
+        self.learn_sigma = learn_sigma
+        self.in_channels = in_channels
+        self.out_channels = in_channels * 2 if learn_sigma else in_channels
+        self.patch_size = patch_size
+        self.num_heads = num_heads
+        self.use_rope = use_rope
+        self.use_checkpoint = use_checkpoint
+
+        self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size, bias=True)
+        self.t_embedder = TimestepEmbedder(hidden_size)
+        self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
+        num_patches = self.x_embedder.num_patches
+        # Frozen sin-cos table, but a Parameter: it is in the state_dict, parameters() and EMA.
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches, hidden_size), requires_grad=False)
+
+        if use_rope:
+            half_head_dim = hidden_size // num_heads // 2
+            self.feat_rope = VisionRotaryEmbedding(half_head_dim, pt_seq_len=input_size // patch_size)
+        else:
+            self.feat_rope = None
+
+        self.blocks = nn.ModuleList([
+            LightningDiTBlock(hidden_size, num_heads, mlp_ratio=mlp_ratio, use_qknorm=use_qknorm,
+                              use_swiglu=use_swiglu, use_rmsnorm=use_rmsnorm, wo_shift=wo_shift)
+            for _ in range(depth)
+        ])
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, use_rmsnorm=use_rmsnorm)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """REFERENCE.md 1.4, in its order; the model outputs exactly 0 afterwards."""
+        def _basic_init(module):
+            if isinstance(module, nn.Linear):
+                torch.nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.constant_(module.bias, 0)
+        self.apply(_basic_init)
+
+        grid_size = int(self.x_embedder.num_patches ** 0.5)
+        pos_embed = get_2d_sincos_pos_embed(self.pos_embed.shape[-1], grid_size)
+        self.pos_embed.data.copy_(torch.from_numpy(pos_embed).float().unsqueeze(0))
+
+        w = self.x_embedder.proj.weight.data
+        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))
+        nn.init.constant_(self.x_embedder.proj.bias, 0)
+
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+
+        for block in self.blocks:
+            nn.init.constant_(block.adaLN_modulation[-1].weight, 0)
+            nn.init.constant_(block.adaLN_modulation[-1].bias, 0)
+        nn.init.constant_(self.final_layer.adaLN_modulation[-1].weight, 0)
+        nn.init.constant_(self.final_layer.adaLN_modulation[-1].bias, 0)
+        nn.init.constant_(self.final_layer.linear.weight, 0)
+        nn.init.constant_(self.final_layer.linear.bias, 0)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, p*p*C) with per-token order (p_row, p_col, channel) -> (B, C, H, W)."""
+        c, p = self.out_channels, self.patch_size
+        h = w = int(x.shape[1] ** 0.5)
+        x = x.reshape(x.shape[0], h, w, p, p, c)
+        x = torch.einsum("nhwpqc->nchpwq", x)
+        return x.reshape(x.shape[0], c, h * p, w * p)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x (B, C, H, W) latents, t (B,) in [0, 1] (0 = noise, 1 = data), y (B,) int64 labels
+        (num_classes = null class) -> (B, in_channels, H, W) velocity (sigma half dropped)."""
+        # (B, N, D); fp32 pos_embed promotes under autocast. PatchEmbed returns a transposed view;
+        # a contiguous residual stream saves a re-layout copy in every Linear (same values).
+        x = self.x_embedder(x).contiguous() + self.pos_embed
+        c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (B, D)
+        for block in self.blocks:
+            if self.use_checkpoint and torch.is_grad_enabled():
+                x = checkpoint(block, x, c, self.feat_rope, use_reentrant=True)
+            else:
+                x = block(x, c, self.feat_rope)
+        x = self.final_layer(x, c)  # (B, N, p*p*C_out)
+        x = self.unpatchify(x)  # (B, C_out, H, W)
+        if self.learn_sigma:
+            x, _ = x.chunk(2, dim=1)
+        return x
+
+    def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale,
+                         cfg_interval: bool = False, cfg_interval_start: float = 0.0,
+                         cfg_channels: Optional[int] = 3) -> torch.Tensor:
+        """Classifier-free guidance on a doubled batch (REFERENCE.md 1.10).
+
+        x (2n, C, H, W) whose first half is used for both halves, t (2n,), y (2n,) = [labels, null].
+        Guided = uncond + cfg_scale * (cond - uncond) on the first `cfg_channels` channels; the
+        result is cat([guided, guided]) on those channels, while the remaining channels keep the
+        raw model output (conditional in the first half, unconditional in the second).
+        cfg_channels=3 is the reference's behaviour, under which the published FIDs were measured
+        (9.1 item 1); cfg_channels=None guides every channel. With cfg_interval=True and
+        t[0] < cfg_interval_start the conditional output is used unguided."""
+        if cfg_interval is None:  # the reference's default
+            cfg_interval = False
+        if not isinstance(cfg_interval, bool):
+            raise ValueError(f"cfg_interval must be a bool, got {cfg_interval!r}")
+        half = x[: len(x) // 2]
+        combined = torch.cat([half, half], dim=0)
+        model_out = self.forward(combined, t, y)
+        n_ch = model_out.shape[1]
+        k = n_ch if cfg_channels is None else int(cfg_channels)
+        if not 0 < k <= n_ch:
+            raise ValueError(f"cfg_channels must be None or in [1, {n_ch}], got {cfg_channels!r}")
+        eps, rest = model_out[:, :k], model_out[:, k:]
+        cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
+        half_eps = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
+        if cfg_interval:
+            # torch.where instead of `if t[0] < start`: same result, no host sync.
+            half_eps = torch.where(t[0] < cfg_interval_start, cond_eps, half_eps)
+        eps = torch.cat([half_eps, half_eps], dim=0)
+        return torch.cat([eps, rest], dim=1)
+
+    def compile_blocks(self, **compile_kwargs) -> "LightningDiT":
+        """torch.compile each block and the final layer in place (nn.Module.compile), as the
+        reference decorates them (1.11). state_dict keys are unchanged; compilation happens
+        lazily on the first call. Returns self."""
+        for block in self.blocks:
+            block.compile(**compile_kwargs)
+        self.final_layer.compile(**compile_kwargs)
+        return self
+
+
+#################################################################################
+#                   Sine/Cosine Positional Embedding Functions                  #
+#################################################################################
+# MAE / DiT style, computed in float64 numpy.
+
+def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
+    """(grid_size**2, embed_dim): first half encodes the column (w) index, second half the row
+    (h) index; token n = row * grid_size + col."""
+    grid_h = np.arange(grid_size, dtype=np.float32)
+    grid_w = np.arange(grid_size, dtype=np.float32)
+    grid = np.meshgrid(grid_w, grid_h)  # w goes first
+    grid = np.stack(grid, axis=0).reshape([2, 1, grid_size, grid_size])
+    return get_2d_sincos_pos_embed_from_grid(embed_dim, grid)
+
+
+def get_2d_sincos_pos_embed_from_grid(embed_dim: int, grid: np.ndarray) -> np.ndarray:
+    if embed_dim % 2:
+        raise ValueError(f"embed_dim must be even, got {embed_dim}")
+    emb_h = get_1d_sincos_pos_embed_from_grid(embed_dim // 2, grid[0])  # (G*G, D/2)
+    emb_w = get_1d_sincos_pos_embed_from_grid(embed_dim // 2, grid[1])  # (G*G, D/2)
+    return np.concatenate([emb_h, emb_w], axis=1)
+
+
+def get_1d_sincos_pos_embed_from_grid(embed_dim: int, pos: np.ndarray) -> np.ndarray:
+    """positions (M,) -> (M, embed_dim): [sin(pos * omega), cos(pos * omega)], sin first."""
+    if embed_dim % 2:
+        raise ValueError(f"embed_dim must be even, got {embed_dim}")
+    omega = np.arange(embed_dim // 2, dtype=np.float64)
+    omega /= embed_dim / 2.0
+    omega = 1.0 / 10000 ** omega  # (D/2,)
+    out = np.einsum("m,d->md", pos.reshape(-1), omega)  # (M, D/2)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+
+#################################################################################
+#                            LightningDiT Configs                               #
+#################################################################################
+
+def LightningDiT_B_1(**kwargs):
+    return LightningDiT(depth=12, hidden_size=768, patch_size=1, num_heads=12, **kwargs)
+
+def LightningDiT_B_2(**kwargs):
+    return LightningDiT(depth=12, hidden_size=768, patch_size=2, num_heads=12, **kwargs)
+
+def LightningDiT_L_2(**kwargs):
+    return LightningDiT(depth=24, hidden_size=1024, patch_size=2, num_heads=16, **kwargs)
+
+def LightningDiT_XL_1(**kwargs):
+    return LightningDiT(depth=28, hidden_size=1152, patch_size=1, num_heads=16, **kwargs)
+
+def LightningDiT_XL_2(**kwargs):
+    return LightningDiT(depth=28, hidden_size=1152, patch_size=2, num_heads=16, **kwargs)
+
+def LightningDiT_1p0B_1(**kwargs):
+    return LightningDiT(depth=24, hidden_size=1536, patch_size=1, num_heads=24, **kwargs)
+
+def LightningDiT_1p0B_2(**kwargs):
+    return LightningDiT(depth=24, hidden_size=1536, patch_size=2, num_heads=24, **kwargs)
+
+def LightningDiT_1p6B_1(**kwargs):
+    return LightningDiT(depth=28, hidden_size=1792, patch_size=1, num_heads=28, **kwargs)
+
+def LightningDiT_1p6B_2(**kwargs):
+    return LightningDiT(depth=28, hidden_size=1792, patch_size=2, num_heads=28, **kwargs)
+
+
+LightningDiT_models: Dict[str, Callable[..., LightningDiT]] = {
+    'LightningDiT-B/1': LightningDiT_B_1, 'LightningDiT-B/2': LightningDiT_B_2,
+    'LightningDiT-L/2': LightningDiT_L_2,
+    'LightningDiT-XL/1': LightningDiT_XL_1, 'LightningDiT-XL/2': LightningDiT_XL_2,
+    'LightningDiT-1p0B/1': LightningDiT_1p0B_1, 'LightningDiT-1p0B/2': LightningDiT_1p0B_2,
+    'LightningDiT-1p6B/1': LightningDiT_1p6B_1, 'LightningDiT-1p6B/2': LightningDiT_1p6B_2,
+}
