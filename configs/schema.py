@@ -52,6 +52,11 @@ class ModelConfig:
     learn_sigma: bool = False
     class_dropout_prob: float = 0.1              # ours: the reference always uses the constructor default
     compile: bool = False                        # ours: torch.compile the blocks (speed only)
+    # ours: override the registry size of model_type (tiny CPU configs); None = registry value
+    hidden_size: Optional[int] = None
+    depth: Optional[int] = None
+    num_heads: Optional[int] = None
+    patch_size: Optional[int] = None
 
 
 @dataclass

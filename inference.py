@@ -1,0 +1,342 @@
+"""Sample LightningDiT for FID-50K, or the 8-class demo grid (hustvl/LightningDiT `inference.py`,
+DiT `sample_ddp.py` layout).
+
+    bash run_inference.sh configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml [--fid]
+    bash run_fast_inference.sh configs/lightningdit_xl_vavae_f16d32.yaml      # demo grid
+
+FID mode (REFERENCE.md 7.1): every process draws per-process batches, samples the transport ODE
+(Euler, 250 points, timestep shift) with classifier-free guidance inside the interval on the
+first `sample.cfg_channels` channels (3 = the reference's quirk, under which the published FIDs
+were measured), denormalises z = x * std / multiplier + mean, decodes with VA-VAE and writes
+`{index:06d}.png` into `{output_dir}/{exp_name}/{folder}` (the reference's folder name), then
+`{folder}.npz` (uint8 NHWC `arr_0`, labels `arr_1`) for the ADM evaluator. Sampling is fp32 (TF32
+on GPU) by default, as the reference; `sample.precision=bf16` autocasts the network.
+
+Ours: the noise and label of image i depend only on (train.global_seed, i), so a restarted run
+writes only the missing images and ends with the same set as an uninterrupted one; exactly
+`sample.fid_num` images are written; `sample.label_mode=balanced` gives fid_num / num_classes
+images per class; outside the guidance interval the unconditional half is skipped
+(`sample.skip_uncond_outside_interval`, same samples up to float rounding); `protocol.json` in
+the folder records every setting an FID depends on (a resumed run must match it).
+
+Demo mode (`--demo`): rank 0 samples the reference's classes [975, 3, 207, 387, 388, 88, 979, 279]
+with the reference's overrides (cfg 9.0, no interval, no shift; logged, not silent) into a 2x4
+grid, `demo_images/demo_samples.png` by default (`--demo-out`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+from PIL import Image
+
+from configs.schema import cfg_channels_value, parse_cli
+from tools.fileio import atomic_write, atomic_write_json
+from tools.runtime import setup_runtime
+from tools.sampling import (DEMO_CFG_SCALE, DEMO_INTERVAL_START, DEMO_SHIFT, STREAM_DEMO, STREAM_SDE,
+                            class_names, demo_labels, image_grid, sample_folder_name, sample_labels,
+                            sample_noise, work_plan)
+from tools.train_utils import build_model, build_transport, derive_seed, latent_size
+
+logger = logging.getLogger("inference")
+REPO = Path(__file__).resolve().parent
+
+# Protocol entries a resumed run may change without changing any image.
+_PROTOCOL_FREE = ("world_size", "per_proc_batch_size", "torch_version", "device")
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--demo", action="store_true", help="8-class demo grid instead of FID sampling")
+    parser.add_argument("--demo-out", default="demo_images/demo_samples.png", help="demo grid PNG path")
+    parser.add_argument("--fid", action="store_true",
+                        help="run tools/adm_evaluator.py on the .npz when data.fid_reference_file exists")
+    parser.add_argument("--class-names", default=None, help="text file, one class name per line (demo log)")
+    parser.add_argument("--vae-random-init", action="store_true",
+                        help="random tokenizer weights (tests only: the images mean nothing)")
+
+
+#################################################################################
+#                                   Sampling                                    #
+#################################################################################
+
+class LatentSampler:
+    """Turns noise z (n, C, H, W) and labels y (n,) into latents with the configured sampler and
+    guidance. `cfg_scale`, `interval_start` and `shift` may be overridden (demo mode)."""
+
+    def __init__(self, cfg, model: torch.nn.Module, *, cfg_scale: Optional[float] = None,
+                 interval: bool = True, interval_start: Optional[float] = None,
+                 shift: Optional[float] = None, skip_uncond: Optional[bool] = None):
+        from transport import Sampler, make_guided_sampler
+
+        s = cfg.sample
+        self.model = model
+        self.mode = s.mode
+        self.cfg_scale = s.cfg_scale if cfg_scale is None else cfg_scale
+        self.interval = interval
+        self.interval_start = s.cfg_interval_start if interval_start is None else interval_start
+        self.shift = s.timestep_shift if shift is None else shift
+        self.cfg_channels = cfg_channels_value(cfg)
+        self.null_class = cfg.data.num_classes
+        self.num_calls = self.num_cond_only = 0
+        if self.cfg_scale > 1.0 and model.y_embedder.embedding_table.num_embeddings <= self.null_class:
+            raise ValueError("sample.cfg_scale > 1 needs a null class: the model was built with "
+                             "model.class_dropout_prob = 0")
+        sampler = Sampler(build_transport(cfg))
+        skip = s.skip_uncond_outside_interval if skip_uncond is None else skip_uncond
+        if s.mode == "ODE":
+            self.ode = sampler.sample_ode(s.sampling_method, s.num_sampling_steps, s.atol, s.rtol,
+                                          s.reverse, self.shift)
+            self.guided = make_guided_sampler(sampler, sampling_method=s.sampling_method,
+                                              num_steps=s.num_sampling_steps, atol=s.atol, rtol=s.rtol,
+                                              timestep_shift=self.shift, skip_uncond=skip)
+        else:
+            self.sde_kwargs = dict(sampling_method=s.sampling_method, diffusion_form=s.diffusion_form,
+                                   diffusion_norm=s.diffusion_norm, last_step=s.last_step,
+                                   last_step_size=s.last_step_size, num_steps=s.num_sampling_steps)
+            self.sampler = sampler
+
+    @torch.no_grad()
+    def __call__(self, z: torch.Tensor, y: torch.Tensor, sde_seed: int = 0) -> torch.Tensor:
+        n, guided = z.shape[0], self.cfg_scale > 1.0
+        if self.mode == "ODE":
+            if guided:
+                out = self.guided(z, self.model, y, self.cfg_scale, cfg_interval=self.interval,
+                                  cfg_interval_start=self.interval_start, cfg_channels=self.cfg_channels,
+                                  null_class=self.null_class)[-1]
+                self.num_calls += self.guided.num_calls
+                self.num_cond_only += self.guided.num_cond_only
+                return out
+            return self.ode(z, self.model.forward, y=y)[-1]
+        # SDE (ours; the reference raises NotImplementedError): reference-style doubled batch.
+        g = torch.Generator(device=z.device).manual_seed(sde_seed)
+        fn = self.sampler.sample_sde(**self.sde_kwargs, generator=g)
+        if not guided:
+            return fn(z, self.model.forward, y=y)[-1]
+        y2 = torch.cat([y, torch.full_like(y, self.null_class)])
+        out = fn(torch.cat([z, z]), self.model.forward_with_cfg, y=y2, cfg_scale=self.cfg_scale,
+                 cfg_interval=self.interval, cfg_interval_start=self.interval_start,
+                 cfg_channels=self.cfg_channels)[-1]
+        return out[:n]
+
+
+class Decoder:
+    """Latents in model space -> uint8 NHWC images: z = x * std / multiplier + mean, VA-VAE decode.
+
+    With data.latent_norm false the inverse of training is z = x / multiplier (the reference
+    applies the dataset stats regardless, REFERENCE 9.2, which mis-scales such models).
+    """
+
+    def __init__(self, cfg, device: torch.device, random_init: bool = False):
+        from tokenizer.vavae import VA_VAE
+
+        self.multiplier = cfg.data.latent_multiplier
+        self.mean = self.std = None
+        if cfg.data.latent_norm:
+            from datasets.img_latent_dataset import load_latent_stats
+            mean, std = load_latent_stats(cfg.data.data_path)
+            if mean.shape[1] != cfg.model.in_chans:
+                raise ValueError(f"{cfg.data.data_path}/latents_stats.pt has {mean.shape[1]} channels, "
+                                 f"model.in_chans is {cfg.model.in_chans}")
+            self.mean, self.std = mean.to(device), std.to(device)
+        config_path = cfg.vae.config_path or REPO / "configs" / "tokenizer" / f"{cfg.vae.model_name}.yaml"
+        # fp16=False: the reference decodes in fp32. Seeded so a random-init tokenizer (tests) is
+        # the same on every rank.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.global_seed)
+            self.vae = VA_VAE(config_path, img_size=cfg.data.image_size, fp16=False, device=device,
+                              random_init=random_init)
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        x = x.float()
+        z = x * self.std / self.multiplier + self.mean if self.mean is not None else x / self.multiplier
+        return self.vae.decode_to_images(z)
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    """uint8 (H, W, 3) -> PNG, atomically (a killed run never leaves a truncated PNG)."""
+    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
+
+
+def load_model(cfg, device: torch.device) -> torch.nn.Module:
+    from models.checkpoint import load_lightningdit_checkpoint
+
+    if not cfg.ckpt_path:
+        raise ValueError("ckpt_path is not set (top-level config key; e.g. ckpt_path=output/EXP/checkpoints/0080000.pt)")
+    model = build_model(cfg, training=False)
+    load_lightningdit_checkpoint(cfg.ckpt_path, model, prefer_ema=True)  # strict, EMA preferred
+    return model.to(device).eval()
+
+
+def protocol(cfg, world_size: int, device: torch.device) -> dict:
+    s = cfg.sample
+    ckpt = Path(cfg.ckpt_path)
+    return {
+        "ckpt_path": str(ckpt.resolve()), "ckpt_bytes": ckpt.stat().st_size,
+        "model_type": cfg.model.model_type, "mode": s.mode, "sampler": s.sampling_method,
+        "steps": s.num_sampling_steps, "atol": s.atol, "rtol": s.rtol,
+        "cfg_scale": s.cfg_scale, "cfg_interval": s.cfg_scale > 1.0,
+        "cfg_interval_start": s.cfg_interval_start, "timestep_shift": s.timestep_shift,
+        "cfg_channels": s.cfg_channels, "label_mode": s.label_mode, "seed": cfg.train.global_seed,
+        "fid_num": s.fid_num, "precision": s.precision, "skip_uncond_outside_interval": s.skip_uncond_outside_interval,
+        "latent_norm": cfg.data.latent_norm, "latent_multiplier": cfg.data.latent_multiplier,
+        "latent_stats": str(Path(cfg.data.data_path) / "latents_stats.pt") if cfg.data.latent_norm else None,
+        "vae": cfg.vae.config_path or cfg.vae.model_name,
+        "world_size": world_size, "per_proc_batch_size": s.per_proc_batch_size,
+        "torch_version": torch.__version__, "device": device.type,
+    }
+
+
+def check_protocol(path: Path, new: dict) -> None:
+    """Refuse to resume into a folder sampled with different settings."""
+    if not path.is_file():
+        return
+    old = json.loads(path.read_text())
+    diff = [k for k in new if k not in _PROTOCOL_FREE and old.get(k) != new[k]]
+    if diff:
+        raise ValueError(f"{path}: existing samples were made with different settings "
+                         f"({', '.join(f'{k}: {old.get(k)!r} -> {new[k]!r}' for k in diff)}); "
+                         "use another train.exp_name or delete the folder")
+    changed = [k for k in _PROTOCOL_FREE if old.get(k) != new[k]]
+    if changed:
+        logger.warning("resuming with changed %s: images already written stay, new ones may differ "
+                       "in float rounding from an uninterrupted run", ", ".join(changed))
+
+
+#################################################################################
+#                                     Modes                                     #
+#################################################################################
+
+def run_demo(cfg, args, rt, model, decoder) -> Path:
+    """The reference's demo grid, with its overrides stated loudly."""
+    s = cfg.sample
+    logger.warning("demo mode uses the reference's overrides: cfg_scale %.2f -> %.1f, cfg interval "
+                   "off (start %.3f ignored), timestep_shift %.2f -> %.1f", s.cfg_scale, DEMO_CFG_SCALE,
+                   s.cfg_interval_start, s.timestep_shift, DEMO_SHIFT)
+    labels, remapped = demo_labels(cfg.data.num_classes)
+    if remapped:
+        logger.warning("data.num_classes = %d < 1000: demo classes taken modulo num_classes -> %s",
+                       cfg.data.num_classes, labels)
+    names = class_names(cfg.data.num_classes, args.class_names)
+    for i, c in enumerate(labels):
+        logger.info("demo image %d: class %d%s", i, c, f" ({names[c]})" if names else "")
+    sampler = LatentSampler(cfg, model, cfg_scale=DEMO_CFG_SCALE, interval=False,
+                            interval_start=DEMO_INTERVAL_START, shift=DEMO_SHIFT)
+    c, h = cfg.model.in_chans, latent_size(cfg)
+    z = sample_noise(range(len(labels)), (c, h, h), cfg.train.global_seed, stream=STREAM_DEMO).to(rt.device)
+    y = torch.tensor(labels, device=rt.device)
+    with precision_context(cfg, rt.device):
+        x = sampler(z, y, sde_seed=derive_seed(cfg.train.global_seed, STREAM_DEMO))
+    grid = image_grid(decoder(x), rows=2, cols=4)
+    out = Path(args.demo_out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_png(grid, out)
+    logger.info("saved demo grid %s (%dx%d)", out, grid.shape[1], grid.shape[0])
+    return out
+
+
+def precision_context(cfg, device: torch.device):
+    if cfg.sample.precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def run_fid_sampling(cfg, args, rt, model, decoder) -> Path:
+    """Write fid_num PNGs (resumable), then `{folder}.npz` (arr_0 images, arr_1 labels)."""
+    s, seed = cfg.sample, cfg.train.global_seed
+    exp_name = cfg.train.exp_name or cfg.model.model_type.replace("/", "-")
+    folder = Path(cfg.train.output_dir) / exp_name / sample_folder_name(cfg)
+    proto = protocol(cfg, rt.world_size, rt.device)
+    if rt.is_main:
+        folder.mkdir(parents=True, exist_ok=True)
+        check_protocol(folder / "protocol.json", proto)
+        atomic_write_json(proto, folder / "protocol.json")
+        logger.info("sampling protocol: %s", json.dumps(proto))
+    rt.accelerator.wait_for_everyone()
+
+    total = s.fid_num
+    plan = work_plan(total, s.per_proc_batch_size, rt.world_size, rt.rank)
+    c, h = cfg.model.in_chans, latent_size(cfg)
+    sampler = LatentSampler(cfg, model)
+    done_before = sum(all((folder / f"{i:06d}.png").is_file() for i in ids) for ids in plan)
+    logger.info("writing %d images to %s: %d iterations of %d x %d processes (%d already done on rank 0)",
+                total, folder, len(plan), s.per_proc_batch_size, rt.world_size, done_before)
+    from tqdm import tqdm
+    tic, written = time.time(), 0
+    for k, ids in enumerate(tqdm(plan, disable=not rt.is_main, desc="sampling", dynamic_ncols=True)):
+        if not ids or all((folder / f"{i:06d}.png").is_file() for i in ids):
+            continue
+        z = sample_noise(ids, (c, h, h), seed).to(rt.device)
+        y = sample_labels(ids, cfg.data.num_classes, seed, s.label_mode, total).to(rt.device)
+        with precision_context(cfg, rt.device):
+            x = sampler(z, y, sde_seed=derive_seed(seed, STREAM_SDE, ids[0]))
+        for i, image in zip(ids, decoder(x)):
+            save_png(image, folder / f"{i:06d}.png")
+        written += len(ids)
+    elapsed = time.time() - tic
+    logger.info("rank %d wrote %d images in %.1f s (%.2f images/s)%s", rt.rank, written, elapsed,
+                written / max(elapsed, 1e-9),
+                f"; {sampler.num_cond_only}/{sampler.num_calls} evaluations skipped the unconditional half"
+                if sampler.num_calls else "")
+    rt.accelerator.wait_for_everyone()
+
+    npz = Path(f"{folder}.npz")
+    if rt.is_main:
+        from tools.save_npz import create_npz_from_sample_folder
+        labels = sample_labels(range(total), cfg.data.num_classes, seed, s.label_mode, total).numpy()
+        atomic_write(folder / "labels.npy", lambda tmp: _save_npy(tmp, labels))
+        create_npz_from_sample_folder(str(folder), total)
+        logger.info("saved %s (arr_0 %d images, arr_1 labels)", npz, total)
+        fid_step(cfg, args, npz)
+    rt.accelerator.wait_for_everyone()
+    return folder
+
+
+def _save_npy(path: str, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save(str) would append ".npy"
+        np.save(f, array)
+
+
+def fid_step(cfg, args, npz: Path) -> None:
+    """Run the ADM evaluator (`--fid`) when the reference batch exists, else print the command."""
+    ref = cfg.data.fid_reference_file
+    command = f"python tools/adm_evaluator.py {ref or 'VIRTUAL_imagenet256_labeled.npz'} {npz}"
+    if args.fid and ref and Path(ref).is_file():
+        from tools.adm_evaluator import main as adm_main
+        results = adm_main([ref, str(npz)])
+        logger.info("ADM evaluator: %s", results)
+    else:
+        if args.fid:
+            logger.warning("--fid: data.fid_reference_file %r not found", ref)
+        logger.info("FID-50K (ADM evaluator): %s", command)
+
+
+def main(argv: Optional[List[str]] = None):
+    cfg, args = parse_cli(argv, description="LightningDiT sampling: FID PNGs + .npz, or --demo grid.",
+                          extra_args=add_args)
+    # The reference's seed rule: torch.manual_seed(global_seed * world_size + rank). Our images
+    # use per-image generators on top of that (tools/sampling.py).
+    rt = setup_runtime(run_dir=None, seed=cfg.train.global_seed, name="inference")
+    torch.set_grad_enabled(False)
+    if args.demo and not rt.is_main:
+        return None
+    model = load_model(cfg, rt.device)
+    decoder = Decoder(cfg, rt.device, random_init=args.vae_random_init)
+    logger.info("model %s from %s, sampler %s %s x%d, cfg %.2f (interval from %.3f, channels %s), "
+                "shift %.2f, precision %s, processes %d", cfg.model.model_type, cfg.ckpt_path,
+                cfg.sample.mode, cfg.sample.sampling_method, cfg.sample.num_sampling_steps,
+                cfg.sample.cfg_scale, cfg.sample.cfg_interval_start, cfg.sample.cfg_channels,
+                cfg.sample.timestep_shift, cfg.sample.precision, rt.world_size)
+    if args.demo:
+        return run_demo(cfg, args, rt, model, decoder)
+    return run_fid_sampling(cfg, args, rt, model, decoder)
+
+
+if __name__ == "__main__":
+    main()

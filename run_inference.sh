@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# FID sampling (PNGs + ADM .npz):  bash run_inference.sh CONFIG [key=value ...] [--fid]
+# Re-running the same command resumes an interrupted run. Sampling precision is
+# sample.precision (fp32 by default, as the reference); PRECISION is not used by inference.py.
+# Processes: GPUS_PER_NODE, WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT (tools/launch.sh).
+set -euo pipefail
+REPO="$(cd "$(dirname "$0")" && pwd)"
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
+source "$REPO/tools/launch.sh"
+launch "$REPO/inference.py" "$@"

@@ -1,0 +1,59 @@
+"""A synthetic latent directory in the released shard format, for tests, benchmarks and CPU
+smoke runs of train.py / inference.py (no images, no tokenizer needed).
+
+Each class c has a fixed random pattern P_c (C, H, W); item i of class c stores
+`latents = P_c + 0.5 * noise` and `latents_flip = flip_W(P_c) + 0.5 * noise'`, so a model can
+learn something class-dependent within a few hundred steps. Files follow REFERENCE.md 4.3:
+`latents_rank00_shard{SSS}.safetensors` (latents, latents_flip float32, labels int64) plus
+`latents_stats.pt` computed by `datasets.img_latent_dataset.compute_latent_stats`.
+
+    python -m tools.tiny_data OUT_DIR [--num 256] [--channels 4] [--size 4] [--classes 10]
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Tuple
+
+import torch
+from safetensors.torch import save_file
+
+
+def write_tiny_latents(out_dir: str, num_items: int = 256, shape: Tuple[int, int, int] = (4, 4, 4),
+                       num_classes: int = 10, num_shards: int = 2, seed: int = 0) -> Path:
+    """Write `num_items` latents of `shape` (C, H, W) in `num_shards` shards + stats; returns the dir."""
+    from datasets.img_latent_dataset import compute_latent_stats, save_latent_stats, shard_name
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    patterns = torch.randn((num_classes, *shape), generator=g) * 1.5 + 0.3
+    labels = torch.arange(num_items) % num_classes
+    labels = labels[torch.randperm(num_items, generator=g)]
+    latents = patterns[labels] + 0.5 * torch.randn((num_items, *shape), generator=g)
+    flips = patterns[labels].flip(-1) + 0.5 * torch.randn((num_items, *shape), generator=g)
+    bounds = torch.linspace(0, num_items, num_shards + 1).long().tolist()
+    for k in range(num_shards):
+        lo, hi = bounds[k], bounds[k + 1]
+        save_file({"latents": latents[lo:hi].contiguous(), "latents_flip": flips[lo:hi].contiguous(),
+                   "labels": labels[lo:hi].contiguous().long()}, str(out / shard_name(0, k)),
+                  metadata={"total_size": str(hi - lo), "dtype": "torch.float32", "device": "cpu"})
+    save_latent_stats(compute_latent_stats(out, seed=seed), out)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--num", type=int, default=256)
+    parser.add_argument("--channels", type=int, default=4)
+    parser.add_argument("--size", type=int, default=4)
+    parser.add_argument("--classes", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    write_tiny_latents(args.out_dir, args.num, (args.channels, args.size, args.size), args.classes,
+                       seed=args.seed)
+
+
+if __name__ == "__main__":
+    main()
