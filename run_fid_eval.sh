@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# ADM (guided-diffusion) evaluation of a sample batch against a reference batch, in PyTorch:
+# prints Inception Score, FID, sFID, Precision, Recall and writes SAMPLE_adm_eval.json.
+# Usage: run_fid_eval.sh REF.npz SAMPLE.npz [--device cuda] [--inception-weights PATH] [...]
+# Weights: --inception-weights or $ADM_INCEPTION_WEIGHTS (pt_inception-2015-12-05-6726825d.pth).
+set -euo pipefail
+if [ "$#" -lt 2 ]; then
+    echo "usage: $0 REF.npz SAMPLE.npz [extra tools/adm_evaluator.py args]" >&2
+    exit 2
+fi
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+exec "${PYTHON:-python}" "$REPO_ROOT/tools/adm_evaluator.py" "$@"
