@@ -58,6 +58,11 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fid", action="store_true",
                         help="run tools/adm_evaluator.py on the .npz when data.fid_reference_file exists")
     parser.add_argument("--class-names", default=None, help="text file, one class name per line (demo log)")
+    parser.add_argument("--demo-classes", default=None,
+                        help="comma-separated 8 class indices for the demo grid (default: the reference's)")
+    parser.add_argument("--demo-config-sampling", action="store_true",
+                        help="demo grid with the config's cfg/interval/shift instead of the reference's "
+                             "demo overrides (cfg 9.0, no interval, no shift)")
     parser.add_argument("--vae-random-init", action="store_true",
                         help="random tokenizer weights (tests only: the images mean nothing)")
 
@@ -214,20 +219,31 @@ def check_protocol(path: Path, new: dict) -> None:
 #################################################################################
 
 def run_demo(cfg, args, rt, model, decoder) -> Path:
-    """The reference's demo grid, with its overrides stated loudly."""
+    """The reference's demo grid, with its overrides stated loudly (or the config's settings)."""
     s = cfg.sample
-    logger.warning("demo mode uses the reference's overrides: cfg_scale %.2f -> %.1f, cfg interval "
-                   "off (start %.3f ignored), timestep_shift %.2f -> %.1f", s.cfg_scale, DEMO_CFG_SCALE,
-                   s.cfg_interval_start, s.timestep_shift, DEMO_SHIFT)
-    labels, remapped = demo_labels(cfg.data.num_classes)
-    if remapped:
-        logger.warning("data.num_classes = %d < 1000: demo classes taken modulo num_classes -> %s",
-                       cfg.data.num_classes, labels)
+    if args.demo_config_sampling:
+        cfg_scale, interval, start, shift = s.cfg_scale, True, s.cfg_interval_start, s.timestep_shift
+        logger.info("demo grid with the config's sampling settings (--demo-config-sampling)")
+    else:
+        cfg_scale, interval, start, shift = DEMO_CFG_SCALE, False, DEMO_INTERVAL_START, DEMO_SHIFT
+        logger.warning("demo mode uses the reference's overrides: cfg_scale %.2f -> %.1f, cfg interval "
+                       "off (start %.3f ignored), timestep_shift %.2f -> %.1f", s.cfg_scale, DEMO_CFG_SCALE,
+                       s.cfg_interval_start, s.timestep_shift, DEMO_SHIFT)
+    if args.demo_classes:
+        labels = [int(c) for c in args.demo_classes.split(",")]
+        if len(labels) != 8 or not all(0 <= c < cfg.data.num_classes for c in labels):
+            raise SystemExit(f"error: --demo-classes needs 8 indices in [0, {cfg.data.num_classes}), "
+                             f"got {args.demo_classes!r}")
+    else:
+        labels, remapped = demo_labels(cfg.data.num_classes)
+        if remapped:
+            logger.warning("data.num_classes = %d < 1000: demo classes taken modulo num_classes -> %s",
+                           cfg.data.num_classes, labels)
     names = class_names(cfg.data.num_classes, args.class_names)
     for i, c in enumerate(labels):
         logger.info("demo image %d: class %d%s", i, c, f" ({names[c]})" if names else "")
-    sampler = LatentSampler(cfg, model, cfg_scale=DEMO_CFG_SCALE, interval=False,
-                            interval_start=DEMO_INTERVAL_START, shift=DEMO_SHIFT)
+    sampler = LatentSampler(cfg, model, cfg_scale=cfg_scale, interval=interval,
+                            interval_start=start, shift=shift)
     c, h = cfg.model.in_chans, latent_size(cfg)
     z = sample_noise(range(len(labels)), (c, h, h), cfg.train.global_seed, stream=STREAM_DEMO).to(rt.device)
     y = torch.tensor(labels, device=rt.device)
@@ -323,9 +339,14 @@ def main(argv: Optional[List[str]] = None):
     # The reference's seed rule: torch.manual_seed(global_seed * world_size + rank). Our images
     # use per-image generators on top of that (tools/sampling.py).
     rt = setup_runtime(run_dir=None, seed=cfg.train.global_seed, name="inference")
-    torch.set_grad_enabled(False)
     if args.demo and not rt.is_main:
         return None
+    with torch.no_grad():  # scoped, not global: main() is also called in-process (tests)
+        return _sample(cfg, args, rt)
+
+
+def _sample(cfg, args, rt):
+    """Build model and decoder, then run demo or FID sampling (called under no_grad)."""
     model = load_model(cfg, rt.device)
     decoder = Decoder(cfg, rt.device, random_init=args.vae_random_init)
     logger.info("model %s from %s, sampler %s %s x%d, cfg %.2f (interval from %.3f, channels %s), "

@@ -6,7 +6,5 @@
 # Re-running the same command resumes an interrupted extraction.
 # Process count: GPUS_PER_NODE, WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT (tools/launch.sh).
 set -euo pipefail
-REPO="$(cd "$(dirname "$0")" && pwd)"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-source "$REPO/tools/launch.sh"
-launch "$REPO/extract_features.py" "$@"
+source "$(dirname "$0")/tools/launch.sh"
+launch extract_features.py "$@"

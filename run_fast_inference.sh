@@ -3,7 +3,5 @@
 # [975, 3, 207, 387, 388, 88, 979, 279], cfg 9.0, no interval, no shift (the overrides are logged)
 # -> demo_images/demo_samples.png.   bash run_fast_inference.sh CONFIG [key=value ...] [--demo-out PNG]
 set -euo pipefail
-REPO="$(cd "$(dirname "$0")" && pwd)"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-source "$REPO/tools/launch.sh"
-GPUS_PER_NODE=1 WORLD_SIZE=1 launch "$REPO/inference.py" "$@" --demo
+source "$(dirname "$0")/tools/launch.sh"
+GPUS_PER_NODE=1 WORLD_SIZE=1 launch "inference.py" "$@" --demo

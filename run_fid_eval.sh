@@ -8,6 +8,5 @@ if [ "$#" -lt 2 ]; then
     echo "usage: $0 REF.npz SAMPLE.npz [extra tools/adm_evaluator.py args]" >&2
     exit 2
 fi
-REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-export PYTHONPATH="$REPO_ROOT${PYTHONPATH:+:$PYTHONPATH}"
-exec "${PYTHON:-python}" "$REPO_ROOT/tools/adm_evaluator.py" "$@"
+source "$(dirname "$0")/tools/launch.sh"
+exec "${PYTHON:-python}" "$LAUNCH_ROOT/tools/adm_evaluator.py" "$@"

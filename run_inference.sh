@@ -4,7 +4,5 @@
 # sample.precision (fp32 by default, as the reference); PRECISION is not used by inference.py.
 # Processes: GPUS_PER_NODE, WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT (tools/launch.sh).
 set -euo pipefail
-REPO="$(cd "$(dirname "$0")" && pwd)"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-source "$REPO/tools/launch.sh"
-launch "$REPO/inference.py" "$@"
+source "$(dirname "$0")/tools/launch.sh"
+launch "inference.py" "$@"

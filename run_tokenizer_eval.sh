@@ -6,7 +6,5 @@
 #       --lpips-vgg-weights vgg16-397923af.pth
 # Process count and precision: GPUS_PER_NODE, WORLD_SIZE, ... as documented in tools/launch.sh.
 set -euo pipefail
-REPO="$(cd "$(dirname "$0")" && pwd)"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-source "$REPO/tools/launch.sh"
-launch "$REPO/tools/evaluate_tokenizer.py" "$@"
+source "$(dirname "$0")/tools/launch.sh"
+launch "tools/evaluate_tokenizer.py" "$@"

@@ -5,7 +5,5 @@
 # Processes: GPUS_PER_NODE, WORLD_SIZE (nodes), RANK, MASTER_ADDR, MASTER_PORT (tools/launch.sh);
 # PRECISION defaults to bf16 here (bf16 autocast, fp32 weights), as the reference.
 set -euo pipefail
-REPO="$(cd "$(dirname "$0")" && pwd)"
-export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
-source "$REPO/tools/launch.sh"
-PRECISION="${PRECISION:-bf16}" launch "$REPO/train.py" "$@"
+source "$(dirname "$0")/tools/launch.sh"
+PRECISION="${PRECISION:-bf16}" launch "train.py" "$@"

@@ -3,6 +3,5 @@
 # Multi-GPU / multi-node through tools/launch.sh (GPUS_PER_NODE, WORLD_SIZE = nodes, RANK,
 # MASTER_ADDR, MASTER_PORT). The config is the first argument (the reference read $CONFIG_PATH).
 set -euo pipefail
-cd "$(dirname "$0")"
-source tools/launch.sh
+source "$(dirname "$0")/tools/launch.sh"
 launch train_tokenizer.py "$@"

@@ -221,8 +221,11 @@ def main(argv: Optional[List[str]] = None) -> Path:
     logger.info("LightningDiT parameters: %s", f"{sum(p.numel() for p in model.parameters()):,}")
 
     transport = build_transport(cfg)
+    # Fused AdamW: the same update rule in one kernel over all tensors (the per-tensor loop cost
+    # ~20% of a small model's CPU step); CPU support arrived in torch 2.4.
+    fused = rt.device.type == "cuda" or tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 4)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, weight_decay=0,
-                            betas=(0.9, cfg.optimizer.beta2))
+                            betas=(0.9, cfg.optimizer.beta2), fused=fused)
 
     # Resume: newest step; model, EMA, optimizer, RNG, loss history.
     start_step, history = 0, []

@@ -1,4 +1,5 @@
-# Shared launcher, sourced by every run_*.sh: `launch SCRIPT.py [ARGS...]`.
+# Shared launcher, sourced by every run_*.sh: `launch SCRIPT.py [ARGS...]` (SCRIPT relative to the
+# repository root). Sourcing it puts the repository root on PYTHONPATH.
 # Environment (same names as the reference scripts; all optional):
 #   GPUS_PER_NODE (default: number of visible CUDA devices, or 1 on CPU)
 #   WORLD_SIZE    number of nodes (default 1)      RANK / NODE_RANK  this node's rank (default 0)
@@ -6,8 +7,11 @@
 #   PRECISION     accelerate mixed precision: no | bf16 | fp16 (default: no; run_train.sh: bf16)
 # On a machine without CUDA the processes run on CPU with the gloo backend (ACCELERATE_USE_CPU=1;
 # `accelerate launch --cpu` would silently start one process, see ENV.md).
+LAUNCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PYTHONPATH="$LAUNCH_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+
 launch() {
-    local script="$1"; shift
+    local script="$LAUNCH_ROOT/$1"; shift
     local nnodes="${WORLD_SIZE:-1}"
     local node_rank="${NODE_RANK:-${RANK:-0}}"
     local master_addr="${MASTER_ADDR:-127.0.0.1}"

@@ -13,13 +13,6 @@ from einops import rearrange
 from models.lightningdit import (LightningDiT, LightningDiT_models, TimestepEmbedder, VisionRotaryEmbedding,
                                  get_2d_sincos_pos_embed, rotate_half)
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second OpenMP thread only adds barrier waits on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 RELEASED = dict(input_size=16, in_channels=32, use_swiglu=True, use_rope=True, use_rmsnorm=True)

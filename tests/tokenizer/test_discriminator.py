@@ -6,14 +6,6 @@ import torch.nn as nn
 from tokenizer.discriminator import NLayerDiscriminator
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny ops on a shared 2-core machine: one thread avoids thread contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def test_reference_layout_keys_and_shapes():
     with torch.device("meta"):

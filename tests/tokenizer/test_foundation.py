@@ -9,14 +9,6 @@ from tokenizer.foundation import FoundationModel
 TINY = dict(embed_dim=32, depth=2, num_heads=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny ops on a shared 2-core machine: one thread avoids thread contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _tiny(name, **kw):
     torch.manual_seed(0)

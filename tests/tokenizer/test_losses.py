@@ -11,14 +11,6 @@ from tokenizer.losses import (LPIPSWithDiscriminator, adaptive_disc_weight, adap
                               adopt_weight, hinge_d_loss, vanilla_d_loss, vf_loss)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny ops on a shared 2-core machine: one thread avoids thread contention.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _two_token_case():
     # z tokens (1,0), (0,1); f tokens (1,0), (1,1)/sqrt2 -> Gz = I, Gf off-diagonal 1/sqrt2,

@@ -15,14 +15,6 @@ from tools.runtime import seed_everything
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tokenizer"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny convolutions on a shared 2-core machine: one thread is faster and deterministic.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory):

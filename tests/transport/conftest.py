@@ -79,12 +79,3 @@ class CallCounter:
 def tiny_cfg_model():
     return TinyCFGModel().eval()
 
-
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tests run thousands of tiny ops; on the shared 2-core machine intra-op threading of
-    tiny tensors costs far more than it gains (tanh/sqrt at 25 ms a call under load). Restored."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
