@@ -11,7 +11,8 @@ LAUNCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$LAUNCH_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 launch() {
-    local script="$LAUNCH_ROOT/$1"; shift
+    local script="$1"; shift
+    [[ "$script" = /* ]] || script="$LAUNCH_ROOT/$script"
     local nnodes="${WORLD_SIZE:-1}"
     local node_rank="${NODE_RANK:-${RANK:-0}}"
     local master_addr="${MASTER_ADDR:-127.0.0.1}"
