@@ -30,6 +30,7 @@ import os
 import random
 import re
 import time
+from math import nan
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -405,13 +406,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, float]:
                 last = dict(zip(keys, means.tolist()))
                 elapsed = time.time() - t_last
                 row = {"step": step, "epoch": epoch, **last, "steps_per_sec": n_running / max(elapsed, 1e-9)}
+                vf = ("vf %.4f (w %.3g, cos %.3f)" % (last["train/vf_loss"], last.get("train/vf_weight", nan),
+                                                      last.get("train/vf_cos", nan))
+                      if "train/vf_loss" in last else "vf off")
                 logger.info("step %d | total %.4g | nll %.4g | rec %.4f | kl %.4g | g %.4g (d_weight %.3g) | "
-                            "vf %.4f (w %.3g, cos %.3f) | disc %.4f | %.2f steps/s", step,
+                            "%s | disc %.4f | %.2f steps/s", step,
                             last["train/total_loss"], last["train/nll_loss"], last["train/rec_loss"],
                             last["train/kl_loss"], last["train/g_loss"], last["train/d_weight"],
-                            last.get("train/vf_loss", float("nan")), last.get("train/vf_weight", float("nan")),
-                            last.get("train/vf_cos", float("nan")), last["train/disc_loss"],
-                            row["steps_per_sec"])
+                            vf, last["train/disc_loss"], row["steps_per_sec"])
                 write_metrics(row)
                 running, n_running, t_last = {}, 0, time.time()
             if tc.sample_every and step % tc.sample_every == 0 and rt.is_main:
