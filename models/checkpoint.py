@@ -12,12 +12,13 @@ that is missing, unexpected or of the wrong shape is reported by name and raises
 import logging
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+
+from tools.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -136,17 +137,8 @@ def load_lightningdit_checkpoint(path: PathLike, model: Optional[nn.Module] = No
 
 def save_lightningdit_safetensors(model_or_state_dict: Union[nn.Module, Mapping[str, torch.Tensor]],
                                   path: PathLike) -> None:
-    """Write a clean state dict as .safetensors, atomically (temp file + os.replace)."""
+    """Write a clean state dict as .safetensors, atomically (tools/fileio.py)."""
     from safetensors.torch import save_file
     sd = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
     sd = {k: v.detach().cpu().contiguous() for k, v in clean_state_dict(sd).items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(sd, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: save_file(sd, tmp))

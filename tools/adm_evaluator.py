@@ -31,7 +31,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import warnings
 import zipfile
 from typing import Iterator
@@ -43,6 +42,7 @@ import torch
 if __package__ in (None, ""):  # run as `python tools/adm_evaluator.py`: make the repo root importable
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from tools.fileio import atomic_write_json  # noqa: E402
 from tools.inception import InceptionFeatureExtractor, compute_activations  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -405,19 +405,6 @@ def evaluate(ref_path: str, sample_path: str, extractor: InceptionFeatureExtract
     }
 
 
-def write_json_atomic(obj: dict, path: str) -> None:
-    """Write obj as JSON via a temporary file in the same folder and os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def default_json_path(sample_path: str) -> str:
     """`samples/foo.npz` -> `samples/foo_adm_eval.json`."""
     root, ext = os.path.splitext(sample_path)
@@ -458,7 +445,7 @@ def main(argv: list[str] | None = None) -> dict:
     print("Precision:", results["precision"])
     print("Recall:", results["recall"])
     out = args.output or default_json_path(args.sample_batch)
-    write_json_atomic(results, out)
+    atomic_write_json(results, out)
     logger.info("wrote %s", out)
     return results
 

@@ -19,13 +19,17 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import zipfile
 from typing import Iterable, Mapping
 
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
+
+if __package__ in (None, ""):  # run as `python tools/save_npz.py`: make the repo root importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from tools.fileio import atomic_write  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -41,13 +45,11 @@ class StreamedArray:
 
 
 def write_npz_atomic(path: str, arrays: Mapping[str, np.ndarray | StreamedArray]) -> None:
-    """Write an uncompressed .npz (as np.savez) member by member, then os.replace into `path`.
+    """Write an uncompressed .npz (as np.savez) member by member, atomically (tools/fileio.py).
 
     StreamedArray members are written from their chunks, so the whole array never sits in memory.
     """
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=".npz")
-    os.close(fd)
-    try:
+    def write(tmp: str) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
             for key, value in arrays.items():
                 with zf.open(f"{key}.npy", "w", force_zip64=True) as f:
@@ -55,10 +57,8 @@ def write_npz_atomic(path: str, arrays: Mapping[str, np.ndarray | StreamedArray]
                         _write_streamed(f, key, value)
                     else:
                         np.lib.format.write_array(f, np.asarray(value), allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+
+    atomic_write(path, write)
 
 
 def _write_streamed(f, key: str, value: StreamedArray) -> None:
