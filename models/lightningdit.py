@@ -4,9 +4,11 @@ Generation" (hustvl/LightningDiT), in the layout of facebookresearch/DiT's model
 Behaviour follows the reference implementation (spec: REFERENCE.md sections 1 and 11.1):
 state_dict keys, shapes and persistence are identical for every flag combination, so released
 checkpoints load with strict=True and ours load in theirs. The block is written for speed
-(fused SDPA, F.rms_norm, RoPE as one complex multiply on precomputed tables, no einops
-re-layouts) while giving the reference's numbers: the same dtype at every rounding point under
-bf16 autocast, and float32 results equal to float rounding (most paths are bit-identical).
+(SDPA, or on CPU in bf16 the flash-accurate kernel of models/attention.py; RMSNorm -> modulate and
+the SwiGLU gate as autograd Functions with fused backward passes, models/fused_ops.py; RoPE as one
+complex multiply on precomputed tables; no einops re-layouts) while giving the reference's
+numbers: the same dtype at every rounding point under bf16 autocast, and float32 results equal to
+float rounding (most paths are bit-identical).
 
 Quirks the published numbers depend on are kept as defaults (REFERENCE.md 9.1):
 - t in [0, 1] enters the sinusoidal embedder as is (no x1000), cos half first.
@@ -24,6 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp, PatchEmbed
 from torch.utils.checkpoint import checkpoint
+
+from models.attention import scaled_dot_product_attention
+from models.fused_ops import rms_norm_modulate, silu_gate
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +149,15 @@ class SwiGLUFFN(nn.Module):
         self.w3 = nn.Linear(hidden_features, in_features, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, value = self.w12(x).chunk(2, dim=-1)
-        return self.w3(F.silu(gate) * value)
+        return self.w3(silu_gate(self.w12(x)))  # silu(gate) * value, [gate; value] = w12(x)
+
+
+def norm_modulate(norm: nn.Module, x: torch.Tensor, shift: Optional[torch.Tensor],
+                  scale: torch.Tensor) -> torch.Tensor:
+    """modulate(norm(x), shift, scale), through the fused RMSNorm kernel where it applies."""
+    if isinstance(norm, RMSNorm) and x.dtype == norm.weight.dtype == torch.float32:
+        return rms_norm_modulate(x, norm.weight, norm.eps, shift, scale)
+    return modulate(norm(x), shift, scale)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -207,7 +219,8 @@ class VisionRotaryEmbedding(nn.Module):
 
 class Attention(nn.Module):
     """Multi-head self-attention: fused qkv, optional per-head qk-norm, then RoPE on q and k,
-    then F.scaled_dot_product_attention (scale 1/sqrt(head_dim), no mask)."""
+    then scaled dot-product attention (scale 1/sqrt(head_dim), no mask): torch's SDPA kernels,
+    or the flash-accurate bf16 kernel of models/attention.py on CPU."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
                  norm_layer: Callable[..., nn.Module] = nn.LayerNorm):
@@ -228,7 +241,7 @@ class Attention(nn.Module):
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q, k = rope(q), rope(k)
-        x = F.scaled_dot_product_attention(q, k, v)  # attn_drop is 0 in the reference
+        x = scaled_dot_product_attention(q, k, v)  # attn_drop is 0 in the reference
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
@@ -265,8 +278,8 @@ class LightningDiTBlock(nn.Module):
             shift_msa = shift_mlp = None
         else:
             shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = gated_residual(x, gate_msa, self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope=feat_rope))
-        x = gated_residual(x, gate_mlp, self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))
+        x = gated_residual(x, gate_msa, self.attn(norm_modulate(self.norm1, x, shift_msa, scale_msa), rope=feat_rope))
+        x = gated_residual(x, gate_mlp, self.mlp(norm_modulate(self.norm2, x, shift_mlp, scale_mlp)))
         return x
 
 
@@ -284,7 +297,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(modulate(self.norm_final(x), shift, scale))
+        return self.linear(norm_modulate(self.norm_final, x, shift, scale))
 
 
 class LightningDiT(nn.Module):

@@ -31,6 +31,7 @@ from einops import rearrange
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere
 
 from models.lightningdit import LightningDiT, LightningDiT_models  # noqa: E402
+from tools.runtime import tune_cpu_allocator  # noqa: E402
 
 logger = logging.getLogger("bench_model")
 
@@ -263,6 +264,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                    help="AdamW implementation, the same for every variant")
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--compile", action="store_true", help="also time ours with compile_blocks()")
+    p.add_argument("--no-allocator-tuning", action="store_true",
+                   help="leave glibc malloc at its defaults (entry scripts tune it on CPU: tools/runtime.py)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -271,6 +274,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    allocator_tuned = device.type == "cpu" and not args.no_allocator_tuning and tune_cpu_allocator()
 
     flags = {f: True for f in args.flags.split(",") if f}
     torch.manual_seed(args.seed)
@@ -336,7 +340,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {
         "bench": "lightningdit_train_step", "device": str(device), "threads": torch.get_num_threads(),
-        "torch": torch.__version__, "loss": loss_name,
+        "torch": torch.__version__, "loss": loss_name, "allocator_tuned": allocator_tuned,
         "config": {"model": args.model, "hidden": model.blocks[0].attn.qkv.in_features, "depth": len(model.blocks),
                    "heads": model.num_heads, "patch": model.patch_size, "input_size": args.input_size,
                    "in_channels": args.in_channels, "batch": args.batch, "flags": sorted(flags)},
