@@ -33,12 +33,16 @@ class ShiftedBF16Attention(torch.autograd.Function):
     def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         scale = q.shape[-1] ** -0.5
         row_max = torch.matmul(q, k.transpose(-1, -2)).amax(-1, keepdim=True)  # (B, h, N, 1), bf16
-        ones = k.new_ones(k.shape[:-1] + (1,))
         q_shift = torch.cat([q, row_max.neg_()], -1)
-        if math.frexp(scale)[0] == 0.5:  # a power of two (head_dim 4, 16, 64, 256): exact on q
-            logits = torch.matmul(q_shift.mul_(scale), torch.cat([k, ones], -1).transpose(-1, -2))
-        else:  # scaling q would round it; scale the (N x N) logits instead
-            logits = torch.matmul(q_shift, torch.cat([k, ones], -1).transpose(-1, -2)).mul_(scale)
+        k_shift = torch.cat([k, k.new_ones(k.shape[:-1] + (1,))], -1)
+        # A power-of-two scale (head_dim 4, 16, 64, 256) is exact on q; any other would round q,
+        # so it goes on the (N x N) logits instead.
+        scale_on_q = math.frexp(scale)[0] == 0.5
+        if scale_on_q:
+            q_shift.mul_(scale)
+        logits = torch.matmul(q_shift, k_shift.transpose(-1, -2))
+        if not scale_on_q:
+            logits.mul_(scale)
         p = torch.softmax(logits, dim=-1)  # bf16 in, float32 inside, bf16 out
         out = torch.matmul(p, v)
         ctx.save_for_backward(q, k, v, p, out)
