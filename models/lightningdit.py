@@ -149,13 +149,18 @@ class SwiGLUFFN(nn.Module):
         self.w3 = nn.Linear(hidden_features, in_features, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w3(silu_gate(self.w12(x)))  # silu(gate) * value, [gate; value] = w12(x)
+        h = self.w12(x)  # [gate; value]
+        if torch.compiler.is_compiling():  # inductor fuses the plain ops into one pass
+            gate, value = h.chunk(2, dim=-1)
+            return self.w3(F.silu(gate) * value)
+        return self.w3(silu_gate(h))
 
 
 def norm_modulate(norm: nn.Module, x: torch.Tensor, shift: Optional[torch.Tensor],
                   scale: torch.Tensor) -> torch.Tensor:
     """modulate(norm(x), shift, scale), through the fused RMSNorm kernel where it applies."""
-    if isinstance(norm, RMSNorm) and x.dtype == norm.weight.dtype == torch.float32:
+    if (isinstance(norm, RMSNorm) and x.dtype == norm.weight.dtype == torch.float32
+            and not torch.compiler.is_compiling()):
         return rms_norm_modulate(x, norm.weight, norm.eps, shift, scale)
     return modulate(norm(x), shift, scale)
 
@@ -205,6 +210,8 @@ class VisionRotaryEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, heads, N, head_dim) -> same shape, dtype promoted with the tables' (as the reference)."""
         cos, sin = self.freqs_cos, self.freqs_sin
+        if torch.compiler.is_compiling():  # inductor has no complex codegen; it fuses this instead
+            return x * cos + rotate_half(x) * sin
         dtype = torch.result_type(x, cos)
         if not self._paired or dtype not in (torch.float32, torch.float64) or x.shape[-1] % 2:
             return x * cos + rotate_half(x) * sin
@@ -448,7 +455,11 @@ class LightningDiT(nn.Module):
     def compile_blocks(self, **compile_kwargs) -> "LightningDiT":
         """torch.compile each block and the final layer in place (nn.Module.compile), as the
         reference decorates them (1.11). state_dict keys are unchanged; compilation happens
-        lazily on the first call. Returns self."""
+        lazily on the first call. Returns self.
+
+        Under compilation the blocks take the plain formulas (real-valued RoPE, RMSNorm then
+        modulate, chunk / silu / multiply) instead of the eager fused Functions, so dynamo traces
+        each block as one graph and inductor fuses the elementwise chains itself."""
         for block in self.blocks:
             block.compile(**compile_kwargs)
         self.final_layer.compile(**compile_kwargs)

@@ -519,6 +519,20 @@ def test_compile_blocks_keeps_state_dict_keys():
     assert list(m.state_dict()) == keys
 
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_block_traces_as_one_graph(bf16):
+    """compile_blocks must not fall back to eager inside a block (a graph break costs the fusion)."""
+    m, _ = tiny(use_rope=True, use_rmsnorm=True, use_swiglu=True, use_qknorm=True)
+    block = m.blocks[0]
+    n_tokens, dim = m.pos_embed.shape[1:]
+    x, c = torch.randn(2, n_tokens, dim), torch.randn(2, dim)
+    torch._dynamo.reset()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        explanation = torch._dynamo.explain(block)(x, c, m.feat_rope)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
+
+
 @pytest.mark.slow
 def test_compile_blocks_same_output():
     m, _ = tiny(use_rope=True, use_rmsnorm=True, use_swiglu=True)
