@@ -17,24 +17,42 @@ pass uses the same trick for dP - D, with D = rowsum(dO * O) split into two bf16
 (hi + lo) so that it enters the contraction with ~16 significant bits. Errors against float32
 attention are within ~1.5x of torch's flash kernel at every logit scale (tests/models/
 test_attention.py), and the forward + backward is ~2x faster than it on this CPU.
+
+RoPE on q and k is fused into the same kernel: the rotation is computed in float32 (as the
+reference's x*cos + rotate_half(x)*sin under autocast) and rounded to bf16 directly into the
+shifted operands, which saves the float32 intermediates, the casts and the concatenation.
 """
+import functools
 import math
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
 
 class ShiftedBF16Attention(torch.autograd.Function):
-    """softmax(q k^T / sqrt(d)) v for bf16 (B, heads, N, d) tensors, without a mask or dropout.
+    """softmax(q k^T / sqrt(d)) v for (B, heads, N, d) tensors, without a mask or dropout,
+    computed in v's dtype (bf16 in the model; the float64 path is exact, for tests).
 
-    Saves P (B, heads, N, N) in bf16 for the backward pass instead of recomputing it."""
+    rotation: optional (N, d/2) complex table of a pair-interleaved RoPE. q and k are then
+    rotated in the table's precision (q (x) rotation, the reference's float32 x*cos +
+    rotate_half(x)*sin) and rounded once to v's dtype straight into the shifted operands, which
+    is where the reference's autocast SDPA rounds them; the backward rotates their gradients back.
+    Saves P (B, heads, N, N) for the backward pass instead of recomputing it."""
 
     @staticmethod
-    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        scale = q.shape[-1] ** -0.5
-        row_max = torch.matmul(q, k.transpose(-1, -2)).amax(-1, keepdim=True)  # (B, h, N, 1), bf16
-        q_shift = torch.cat([q, row_max.neg_()], -1)
-        k_shift = torch.cat([k, k.new_ones(k.shape[:-1] + (1,))], -1)
+    def forward(ctx, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                rotation: Optional[torch.Tensor] = None) -> torch.Tensor:
+        d = q.shape[-1]
+        scale = d ** -0.5
+        # [q, -m] and [k, 1]: the operands of the shifted contraction, built in place.
+        q_shift = v.new_empty(q.shape[:-1] + (d + 1,))
+        k_shift = v.new_empty(k.shape[:-1] + (d + 1,))
+        q_rot, k_rot = q_shift[..., :d], k_shift[..., :d]
+        q_rot.copy_(q if rotation is None else _rotate(q, rotation))
+        k_rot.copy_(k if rotation is None else _rotate(k, rotation))
+        k_shift[..., d].fill_(1)
+        q_shift[..., d].copy_(torch.matmul(q_rot, k_rot.transpose(-1, -2)).amax(-1).neg_())  # -row max
         # A power-of-two scale (head_dim 4, 16, 64, 256) is exact on q; any other would round q,
         # so it goes on the (N x N) logits instead.
         scale_on_q = math.frexp(scale)[0] == 0.5
@@ -45,40 +63,68 @@ class ShiftedBF16Attention(torch.autograd.Function):
             logits.mul_(scale)
         p = torch.softmax(logits, dim=-1)  # bf16 in, float32 inside, bf16 out
         out = torch.matmul(p, v)
-        ctx.save_for_backward(q, k, v, p, out)
+        ctx.save_for_backward(q_shift, k_shift, v, p, out, rotation)
+        ctx.scale_on_q = scale_on_q
+        ctx.in_dtypes = (q.dtype, k.dtype)
         return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        q, k, v, p, out = ctx.saved_tensors
-        scale = q.shape[-1] ** -0.5
+        q_shift, k_shift, v, p, out, rotation = ctx.saved_tensors
+        d = v.shape[-1]
+        scale = d ** -0.5
         grad_v = torch.matmul(p.transpose(-1, -2), grad_out)
         # dS = P * (dP - D), D_i = sum_j P_ij dP_ij = dO_i . O_i; subtract D inside the contraction.
-        d = (grad_out.float() * out.float()).sum(-1, keepdim=True)
-        d_hi = d.to(grad_out.dtype)
-        d_lo = (d - d_hi.float()).to(grad_out.dtype)
+        dd = (grad_out.float() * out.float()).sum(-1, keepdim=True)
+        d_hi = dd.to(grad_out.dtype)
+        d_lo = (dd - d_hi.float()).to(grad_out.dtype)
         ones = v.new_ones(v.shape[:-1] + (1,))
         grad_s = torch.matmul(torch.cat([grad_out, d_hi.neg_(), d_lo.neg_()], -1),
                               torch.cat([v, ones, ones], -1).transpose(-1, -2))
         grad_s.mul_(p)
-        grad_q = torch.matmul(grad_s, k).mul_(scale)
-        grad_k = torch.matmul(grad_s.transpose(-1, -2), q).mul_(scale)
-        return grad_q, grad_k, grad_v
+        grad_q = torch.matmul(grad_s, k_shift[..., :d]).mul_(scale)
+        grad_k = torch.matmul(grad_s.transpose(-1, -2), q_shift[..., :d])  # q_shift holds scale * q
+        if not ctx.scale_on_q:
+            grad_k.mul_(scale)
+        if rotation is not None:  # rope(x) = x (x) rotation, so dx = d rope(x) (x) conj(rotation)
+            rotation = rotation.conj()
+            grad_q, grad_k = _rotate(grad_q, rotation), _rotate(grad_k, rotation)
+        q_dtype, k_dtype = ctx.in_dtypes
+        return grad_q.to(q_dtype), grad_k.to(k_dtype), grad_v, None
 
 
-def _compute_dtype(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.dtype:
-    """The dtype F.scaled_dot_product_attention would compute in: the autocast dtype when autocast
-    is on for the device (SDPA is on its lower-precision list), else the inputs' common dtype."""
-    if torch.is_autocast_enabled(q.device.type):
-        return torch.get_autocast_dtype(q.device.type)
-    return torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
+def _rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """x (..., N, d) as d/2 complex pairs times rotation (N, d/2), in rotation's precision."""
+    x = torch.view_as_complex(x.to(rotation.real.dtype).unflatten(-1, (-1, 2)))
+    return torch.view_as_real(x * rotation).flatten(-2)
 
 
-def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """F.scaled_dot_product_attention(q, k, v) (default scale, no mask, no dropout), routed to
-    ShiftedBF16Attention for bf16 on CPU; every other case is torch's kernel."""
-    if q.device.type != "cpu" or _compute_dtype(q, k, v) != torch.bfloat16:
+def _compute_dtype(device_type: str, *dtypes: torch.dtype) -> torch.dtype:
+    """The dtype F.scaled_dot_product_attention computes in for inputs of these dtypes: the
+    autocast dtype when autocast is on for the device (SDPA is on its lower-precision list), else
+    the inputs' common dtype."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return functools.reduce(torch.promote_types, dtypes)
+
+
+def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                                 rope: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
+    """F.scaled_dot_product_attention(rope(q), rope(k), v) (default scale, no mask, no dropout).
+
+    rope: optional RoPE module (models.lightningdit.VisionRotaryEmbedding). For bf16 on CPU this
+    routes to ShiftedBF16Attention, with the rotation fused in where rope.rotation(q) gives a
+    complex table; every other case applies rope and calls torch's kernel."""
+    rotation = None
+    if rope is not None:
+        rotation = rope.rotation(q)
+        if rotation is None:
+            q, k = rope(q), rope(k)
+    qk_dtype = rotation.real.dtype if rotation is not None else None
+    dtype = _compute_dtype(q.device.type, qk_dtype or q.dtype, qk_dtype or k.dtype, v.dtype)
+    if q.device.type != "cpu" or dtype != torch.bfloat16:
+        if rotation is not None:
+            q, k = rope(q), rope(k)
         return F.scaled_dot_product_attention(q, k, v)
-    q, k, v = (t.to(torch.bfloat16) for t in (q, k, v))
     with torch.autocast("cpu", enabled=False):
-        return ShiftedBF16Attention.apply(q, k, v)
+        return ShiftedBF16Attention.apply(q, k, v.to(torch.bfloat16), rotation)

@@ -4,9 +4,10 @@ Generation" (hustvl/LightningDiT), in the layout of facebookresearch/DiT's model
 Behaviour follows the reference implementation (spec: REFERENCE.md sections 1 and 11.1):
 state_dict keys, shapes and persistence are identical for every flag combination, so released
 checkpoints load with strict=True and ours load in theirs. The block is written for speed
-(SDPA, or on CPU in bf16 the flash-accurate kernel of models/attention.py; RMSNorm -> modulate and
-the SwiGLU gate as autograd Functions with fused backward passes, models/fused_ops.py; RoPE as one
-complex multiply on precomputed tables; no einops re-layouts) while giving the reference's
+(SDPA, or on CPU in bf16 the flash-accurate kernel of models/attention.py with RoPE fused in;
+RMSNorm -> modulate and the SwiGLU gate as autograd Functions with fused backward passes,
+models/fused_ops.py; RoPE as one complex multiply on precomputed tables; no einops re-layouts;
+plain formulas under torch.compile, which fuses them itself) while giving the reference's
 numbers: the same dtype at every rounding point under bf16 autocast, and float32 results equal to
 float rounding (most paths are bit-identical).
 
@@ -207,16 +208,25 @@ class VisionRotaryEmbedding(nn.Module):
         if not module._paired:
             logger.warning("RoPE tables are not pair-interleaved; using the unfused RoPE formula")
 
+    def rotation(self, x: torch.Tensor) -> Optional[torch.Tensor]:
+        """The (N, head_dim/2) complex table with rope(x) = x (x) table over interleaved pairs, in
+        the dtype the reference formula computes x in (float32/float64); None where that product
+        does not apply (tables without the pair structure, half-precision tables, odd head_dim,
+        or under torch.compile, which has no complex codegen and fuses the formula instead)."""
+        cos, sin = self.freqs_cos, self.freqs_sin
+        if not self._paired or x.shape[-1] % 2 or torch.compiler.is_compiling():
+            return None
+        dtype = torch.result_type(x, cos)
+        if dtype not in (torch.float32, torch.float64):
+            return None
+        return torch.complex(cos[:, 0::2].to(dtype), sin[:, 0::2].to(dtype))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, heads, N, head_dim) -> same shape, dtype promoted with the tables' (as the reference)."""
-        cos, sin = self.freqs_cos, self.freqs_sin
-        if torch.compiler.is_compiling():  # inductor has no complex codegen; it fuses this instead
-            return x * cos + rotate_half(x) * sin
-        dtype = torch.result_type(x, cos)
-        if not self._paired or dtype not in (torch.float32, torch.float64) or x.shape[-1] % 2:
-            return x * cos + rotate_half(x) * sin
-        rot = torch.complex(cos[:, 0::2].to(dtype), sin[:, 0::2].to(dtype))  # (N, head_dim/2)
-        xc = torch.view_as_complex(x.to(dtype).unflatten(-1, (-1, 2)))
+        rot = self.rotation(x)
+        if rot is None:
+            return x * self.freqs_cos + rotate_half(x) * self.freqs_sin
+        xc = torch.view_as_complex(x.to(rot.real.dtype).unflatten(-1, (-1, 2)))
         return torch.view_as_real(xc * rot).flatten(-2)
 
 
@@ -227,7 +237,7 @@ class VisionRotaryEmbedding(nn.Module):
 class Attention(nn.Module):
     """Multi-head self-attention: fused qkv, optional per-head qk-norm, then RoPE on q and k,
     then scaled dot-product attention (scale 1/sqrt(head_dim), no mask): torch's SDPA kernels,
-    or the flash-accurate bf16 kernel of models/attention.py on CPU."""
+    or on CPU in bf16 the flash-accurate kernel of models/attention.py, with RoPE fused in."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
                  norm_layer: Callable[..., nn.Module] = nn.LayerNorm):
@@ -246,9 +256,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, h, N, d_h) each
         q, k = self.q_norm(q), self.k_norm(k)
-        if rope is not None:
-            q, k = rope(q), rope(k)
-        x = scaled_dot_product_attention(q, k, v)  # attn_drop is 0 in the reference
+        x = scaled_dot_product_attention(q, k, v, rope=rope)  # RoPE on q and k; attn_drop is 0 in the reference
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 

@@ -6,10 +6,16 @@ import torch
 import torch.nn.functional as F
 
 from models.attention import ShiftedBF16Attention, scaled_dot_product_attention
+from models.lightningdit import VisionRotaryEmbedding, rotate_half
 
 
 def exact_attention(q, k, v):
     return torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), dim=-1) @ v
+
+
+def reference_rope(rope, x):
+    """The reference's RoPE formula on the module's tables."""
+    return x * rope.freqs_cos + rotate_half(x) * rope.freqs_sin
 
 
 def naive_bf16_attention(q, k, v):
@@ -72,3 +78,71 @@ def test_dispatch():
     assert torch.equal(out, ShiftedBF16Attention.apply(q.bfloat16(), k.bfloat16(), v.bfloat16()))
     # bf16 tensors without autocast: the bf16 kernel too
     assert torch.equal(scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16()), out)
+
+
+def test_fused_rotation_is_exact_in_float64():
+    """With a RoPE table, the kernel is attention on rope(q), rope(k); gradcheck covers the
+    backward rotation of dq and dk."""
+    torch.manual_seed(3)
+    rope = VisionRotaryEmbedding(4, pt_seq_len=3).double()  # head_dim 8, 9 tokens
+    q, k, v = (torch.randn(2, 2, 9, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    rotation = rope.rotation(q)
+    assert rotation.dtype == torch.complex128
+    expected = exact_attention(reference_rope(rope, q), reference_rope(rope, k), v)
+    torch.testing.assert_close(ShiftedBF16Attention.apply(q, k, v, rotation), expected, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda q, k, v: ShiftedBF16Attention.apply(q, k, v, rotation), (q, k, v))
+
+
+def test_dispatch_with_rope():
+    torch.manual_seed(4)
+    rope = VisionRotaryEmbedding(8, pt_seq_len=4)  # head_dim 16, 16 tokens, float32 tables
+    q, k, v = (torch.randn(2, 2, 16, 16) for _ in range(3))
+    # float32: RoPE, then torch's kernel, bit for bit
+    assert torch.equal(scaled_dot_product_attention(q, k, v, rope=rope),
+                       F.scaled_dot_product_attention(rope(q), rope(k), v))
+    # bf16 autocast on bf16 q/k (a Linear's output): RoPE in float32 as the reference does, rounded
+    # once to bf16 inside the kernel, so the forward equals the unfused kernel on rope(q), rope(k)
+    qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = scaled_dot_product_attention(qb, kb, vb, rope=rope)
+    ref_in = [t.detach().clone().requires_grad_() for t in (qb, kb, vb)]
+    unfused = ShiftedBF16Attention.apply(reference_rope(rope, ref_in[0]).bfloat16(),
+                                         reference_rope(rope, ref_in[1]).bfloat16(), ref_in[2])
+    assert fused.dtype == torch.bfloat16 and torch.equal(fused, unfused)
+    grad = torch.randn_like(q).bfloat16()
+    fused.backward(grad)
+    unfused.backward(grad)
+    for t, r in zip((qb, kb, vb), ref_in):
+        assert t.grad.dtype == torch.bfloat16
+        # the fused backward rounds dq, dk once; the unfused chain rounds each RoPE branch
+        torch.testing.assert_close(t.grad.float(), r.grad.float(), rtol=2 ** -7, atol=1e-3 * r.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("logit_std", [1.0, 10.0])
+def test_fused_rotation_accuracy_matches_flash_attention(logit_std):
+    """bf16 q, k, v with RoPE on a 16 x 16 grid: errors against float32 attention on the float32
+    rotation stay within 2x of torch's flash kernel on the bf16-rounded rotation."""
+    rope = VisionRotaryEmbedding(32, pt_seq_len=16)  # head_dim 64, 256 tokens
+
+    def fused(q, k, v):
+        return ShiftedBF16Attention.apply(q, k, v, rope.rotation(q))
+
+    def flash(q, k, v):
+        return F.scaled_dot_product_attention(rope(q).bfloat16(), rope(k).bfloat16(), v)
+
+    def errors(fn):
+        torch.manual_seed(5)
+        a = logit_std ** 0.5
+        q, k = ((a * torch.randn(1, 2, 256, 64)).bfloat16().requires_grad_() for _ in range(2))
+        v = torch.randn(1, 2, 256, 64).bfloat16().requires_grad_()
+        grad = torch.randn(1, 2, 256, 64).bfloat16()
+        ref_in = [t.detach().float().requires_grad_() for t in (q, k, v)]
+        ref = exact_attention(rope(ref_in[0]), rope(ref_in[1]), ref_in[2])
+        ref.backward(grad.float())
+        out = fn(q, k, v)
+        out.backward(grad)
+        return [rel_err(out, ref)] + [rel_err(t.grad, r.grad) for t, r in zip((q, k, v), ref_in)]
+
+    ours, theirs = errors(fused), errors(flash)
+    for name, e_ours, e_flash in zip(("out", "dq", "dk", "dv"), ours, theirs):
+        assert e_ours < 2.0 * e_flash, (name, ours, theirs)
