@@ -5,8 +5,9 @@ baseline whose blocks are written the way the reference writes them (einops rear
 RoPE, RMSNorm written out with a float cast, transposed token layout from the patch embedding).
 Both start from the same weights; their first-step outputs are compared as a sanity check.
 Runs alternate between ours and the baseline and the medians are reported, since the machine may
-be shared. FLOPs count per-token matmuls only (qkv, QK^T, AV, proj, MLP; x3 for fwd + bwd);
-MFU divides by the best 2048^2 matmul rate measured in the same run. Prints one JSON line last.
+be shared. FLOPs count per-token matmuls only (qkv, QK^T, AV, proj, MLP, final linear; x3 for
+fwd + bwd; the patch embedding x2); MFU divides by the 2048^2 matmul rate measured in the same run
+(best of 5 before each round, median over rounds). Prints one JSON line last.
 
     python tools/bench/bench_model.py                      # hidden 384, depth 6, 6 heads, p 1, 16x16x32, batch 8
     python tools/bench/bench_model.py --model LightningDiT-B/1 --batch 2 --dtypes bf16
@@ -168,12 +169,16 @@ class PlainLightningDiT(nn.Module):
 # ----------------------------------------------------------------------------------------------
 
 def matmul_flops_per_step(model: LightningDiT, batch: int, n_tokens: int) -> float:
-    """Per-token matmul FLOPs of the blocks (qkv, QK^T, AV, proj, MLP), x3 for fwd + bwd."""
+    """Per-token matmul FLOPs of one training step: the blocks (qkv, QK^T, AV, proj, MLP) and the
+    final linear x3 for fwd + bwd, the patch embedding x2 (its input needs no gradient)."""
     blk = model.blocks[0]
     D = blk.attn.qkv.in_features
     per_token = 2 * D * 3 * D + 2 * D * D + 2 * 2 * n_tokens * D  # qkv, proj, QK^T + AV
     per_token += sum(2 * m.in_features * m.out_features for m in blk.mlp.modules() if isinstance(m, nn.Linear))
-    return 3.0 * per_token * n_tokens * batch * len(model.blocks)
+    per_token *= 3 * len(model.blocks)
+    per_token += 3 * 2 * model.final_layer.linear.in_features * model.final_layer.linear.out_features
+    per_token += 2 * 2 * model.x_embedder.proj.weight.numel()  # (D, C, p, p): C p^2 -> D per token
+    return float(per_token * n_tokens * batch)
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, iters: int = 5) -> float:
