@@ -50,3 +50,5 @@ def test_tiny_run_reports_every_figure():
             assert r["step_s"] > 0 and r["mfu"] == r["flops_per_s"] / res["matmul_peak_flops"]
             assert abs(r["flops_per_s"] * r["step_s"] - out["matmul_flops_per_step"]) < 1e-6 * out["matmul_flops_per_step"]
         assert res["ratio_ours_over_baseline"] == res["ours"]["step_s"] / res["baseline"]["step_s"]
+        assert 0 < res["matmul_only_step_s"]
+        assert res["mfu_bound_matmul_only"] == out["matmul_flops_per_step"] / res["matmul_only_step_s"] / res["matmul_peak_flops"]

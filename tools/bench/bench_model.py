@@ -7,7 +7,9 @@ Both start from the same weights; their first-step outputs are compared as a san
 Runs alternate between ours and the baseline and the medians are reported, since the machine may
 be shared. FLOPs count per-token matmuls only (qkv, QK^T, AV, proj, MLP, final linear; x3 for
 fwd + bwd; the patch embedding x2); MFU divides by the 2048^2 matmul rate measured in the same run
-(best of 5 before each round, median over rounds). Prints one JSON line last.
+(best of 5 before each round, median over rounds). It also times the block's matmuls alone at
+the model's shapes: flops / that time / peak is the MFU the step would reach if every other op
+were free, and 1 - (that time / step time) is the step's non-matmul share. Prints one JSON line last.
 
     python tools/bench/bench_model.py                      # hidden 384, depth 6, 6 heads, p 1, 16x16x32, batch 8
     python tools/bench/bench_model.py --model LightningDiT-B/1 --batch 2 --dtypes bf16
@@ -31,6 +33,7 @@ from einops import rearrange
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere
 
+from models.attention import scaled_dot_product_attention  # noqa: E402
 from models.lightningdit import LightningDiT, LightningDiT_models  # noqa: E402
 from tools.runtime import tune_cpu_allocator  # noqa: E402
 
@@ -196,6 +199,50 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, iters: 
     return 2 * n ** 3 / best
 
 
+def matmul_only_step_time(model: LightningDiT, batch: int, n_tokens: int, bf16: bool, device: torch.device,
+                          iters: int = 3) -> float:
+    """Seconds per step that the per-token matmuls alone take: each Linear of a block (fwd + bwd
+    at the model's shapes) and its attention (fwd + bwd through the model's dispatch, RoPE left
+    out), times depth, plus the final linear; each the best of `iters`. The step time if every
+    other op (elementwise, optimizer, Python) were free, so flops / this / peak bounds the MFU."""
+    ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+    blk = model.blocks[0]
+    linears = [m for name, m in blk.named_modules() if isinstance(m, nn.Linear) and "adaLN" not in name]
+
+    def best(fn) -> float:
+        fn()
+        times = []
+        for _ in range(iters):
+            sync(device)
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    def linear_step(lin: nn.Linear):
+        lin = copy.deepcopy(lin).to(device)
+        x = torch.randn(batch * n_tokens, lin.in_features, device=device, requires_grad=True)
+
+        def run():
+            with ctx:
+                y = lin(x)
+            y.backward(torch.ones_like(y))
+        return run
+
+    heads = model.num_heads
+    head_dim = blk.attn.qkv.in_features // heads
+    q, k, v = (torch.randn(batch, heads, n_tokens, head_dim, device=device, requires_grad=True) for _ in range(3))
+
+    def attention_step():
+        with ctx:
+            out = scaled_dot_product_attention(q, k, v)
+        out.backward(torch.ones_like(out))
+
+    per_block = sum(best(linear_step(lin)) for lin in linears) + best(attention_step)
+    return per_block * len(model.blocks) + best(linear_step(model.final_layer.linear))
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -328,11 +375,15 @@ def main(argv: Optional[List[str]] = None) -> Dict:
                 for _ in range(args.steps):
                     variants[name].step()
         peak = statistics.median(peaks)
-        res = {"matmul_peak_flops": peak, "matmul_peak_flops_best": max(peaks)}
+        matmul_s = matmul_only_step_time(model, args.batch, n_tokens, bf16, device)
+        res = {"matmul_peak_flops": peak, "matmul_peak_flops_best": max(peaks), "matmul_only_step_s": matmul_s,
+               "mfu_bound_matmul_only": flops / matmul_s / peak}
+        logger.info("%-5s matmuls alone  %.3f s/step  (MFU bound %.2f)", dt, matmul_s, flops / matmul_s / peak)
         for name, r in variants.items():
             med = statistics.median(r.times)
             res[name] = {"step_s": med, "step_s_min": min(r.times), "images_per_s": args.batch / med,
-                         "flops_per_s": flops / med, "mfu": flops / med / peak}
+                         "flops_per_s": flops / med, "mfu": flops / med / peak,
+                         "non_matmul_share": 1 - matmul_s / med}
             logger.info("%-5s %-13s step %.3f s (min %.3f)  %.1f img/s  %.1f GFLOP/s  MFU %.2f (peak %.0f GFLOP/s)",
                         dt, name, med, min(r.times), args.batch / med, flops / med / 1e9, flops / med / peak, peak / 1e9)
         if baseline is not None:
