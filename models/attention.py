@@ -49,8 +49,8 @@ class ShiftedBF16Attention(torch.autograd.Function):
         q_shift = v.new_empty(q.shape[:-1] + (d + 1,))
         k_shift = v.new_empty(k.shape[:-1] + (d + 1,))
         q_rot, k_rot = q_shift[..., :d], k_shift[..., :d]
-        q_rot.copy_(q if rotation is None else _rotate(q, rotation))
-        k_rot.copy_(k if rotation is None else _rotate(k, rotation))
+        q_rot.copy_(q if rotation is None else rotate_pairs(q, rotation))
+        k_rot.copy_(k if rotation is None else rotate_pairs(k, rotation))
         k_shift[..., d].fill_(1)
         q_shift[..., d].copy_(torch.matmul(q_rot, k_rot.transpose(-1, -2)).amax(-1).neg_())  # -row max
         # A power-of-two scale (head_dim 4, 16, 64, 256) is exact on q; any other would round q,
@@ -88,13 +88,14 @@ class ShiftedBF16Attention(torch.autograd.Function):
             grad_k.mul_(scale)
         if rotation is not None:  # rope(x) = x (x) rotation, so dx = d rope(x) (x) conj(rotation)
             rotation = rotation.conj()
-            grad_q, grad_k = _rotate(grad_q, rotation), _rotate(grad_k, rotation)
+            grad_q, grad_k = rotate_pairs(grad_q, rotation), rotate_pairs(grad_k, rotation)
         q_dtype, k_dtype = ctx.in_dtypes
         return grad_q.to(q_dtype), grad_k.to(k_dtype), grad_v, None
 
 
-def _rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """x (..., N, d) as d/2 complex pairs times rotation (N, d/2), in rotation's precision."""
+def rotate_pairs(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """x (..., N, d) as d/2 complex pairs (x_2i + i x_2i+1) times rotation (N, d/2), computed in
+    rotation's precision: pair-interleaved RoPE in one pass."""
     x = torch.view_as_complex(x.to(rotation.real.dtype).unflatten(-1, (-1, 2)))
     return torch.view_as_real(x * rotation).flatten(-2)
 
@@ -123,8 +124,8 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     qk_dtype = rotation.real.dtype if rotation is not None else None
     dtype = _compute_dtype(q.device.type, qk_dtype or q.dtype, qk_dtype or k.dtype, v.dtype)
     if q.device.type != "cpu" or dtype != torch.bfloat16:
-        if rotation is not None:
-            q, k = rope(q), rope(k)
+        if rotation is not None:  # rope(q), rope(k), reusing the table
+            q, k = rotate_pairs(q, rotation), rotate_pairs(k, rotation)
         return F.scaled_dot_product_attention(q, k, v)
     with torch.autocast("cpu", enabled=False):
         return ShiftedBF16Attention.apply(q, k, v.to(torch.bfloat16), rotation)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from timm.layers import Mlp, PatchEmbed
 from torch.utils.checkpoint import checkpoint
 
-from models.attention import scaled_dot_product_attention
+from models.attention import rotate_pairs, scaled_dot_product_attention
 from models.fused_ops import rms_norm_modulate, silu_gate
 
 logger = logging.getLogger(__name__)
@@ -226,8 +226,7 @@ class VisionRotaryEmbedding(nn.Module):
         rot = self.rotation(x)
         if rot is None:
             return x * self.freqs_cos + rotate_half(x) * self.freqs_sin
-        xc = torch.view_as_complex(x.to(rot.real.dtype).unflatten(-1, (-1, 2)))
-        return torch.view_as_real(xc * rot).flatten(-2)
+        return rotate_pairs(x, rot)
 
 
 #################################################################################
