@@ -18,7 +18,6 @@ import argparse
 import copy
 import json
 import logging
-import math
 import resource
 import statistics
 import sys
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywher
 
 from models.attention import scaled_dot_product_attention  # noqa: E402
 from models.lightningdit import LightningDiT, LightningDiT_models  # noqa: E402
+from tools.bench.common import best_time, randomize_zero_init, sync  # noqa: E402
 from tools.runtime import tune_cpu_allocator  # noqa: E402
 
 logger = logging.getLogger("bench_model")
@@ -188,15 +188,7 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, iters: 
     """Best FLOP/s of an n x n matmul over `iters` timed runs."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = math.inf
-    for _ in range(iters):
-        sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
+    return 2 * n ** 3 / best_time(lambda: a @ b, device, iters)
 
 
 def matmul_only_step_time(model: LightningDiT, batch: int, n_tokens: int, bf16: bool, device: torch.device,
@@ -208,17 +200,6 @@ def matmul_only_step_time(model: LightningDiT, batch: int, n_tokens: int, bf16: 
     ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     blk = model.blocks[0]
     linears = [m for name, m in blk.named_modules() if isinstance(m, nn.Linear) and "adaLN" not in name]
-
-    def best(fn) -> float:
-        fn()
-        times = []
-        for _ in range(iters):
-            sync(device)
-            t0 = time.perf_counter()
-            fn()
-            sync(device)
-            times.append(time.perf_counter() - t0)
-        return min(times)
 
     def linear_step(lin: nn.Linear):
         lin = copy.deepcopy(lin).to(device)
@@ -239,13 +220,9 @@ def matmul_only_step_time(model: LightningDiT, batch: int, n_tokens: int, bf16: 
             out = scaled_dot_product_attention(q, k, v)
         out.backward(torch.ones_like(out))
 
-    per_block = sum(best(linear_step(lin)) for lin in linears) + best(attention_step)
-    return per_block * len(model.blocks) + best(linear_step(model.final_layer.linear))
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    per_block = sum(best_time(linear_step(lin), device, iters) for lin in linears)
+    per_block += best_time(attention_step, device, iters)
+    return per_block * len(model.blocks) + best_time(linear_step(model.final_layer.linear), device, iters)
 
 
 def make_loss_fn() -> (Callable, str):
@@ -335,11 +312,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     else:
         model = LightningDiT(input_size=args.input_size, patch_size=args.patch, in_channels=args.in_channels,
                              hidden_size=args.hidden, depth=args.depth, num_heads=args.heads, **flags)
-    with torch.no_grad():  # leave adaLN-Zero: give the zero-initialised layers small random values
-        for name, prm in model.named_parameters():
-            if prm.requires_grad and torch.count_nonzero(prm) == 0:
-                prm.normal_(0, 0.02)
-    model.to(device).train()
+    randomize_zero_init(model).to(device).train()
     n_tokens = model.x_embedder.num_patches
     flops = matmul_flops_per_step(model, args.batch, n_tokens)
     loss_fn, loss_name = make_loss_fn()

@@ -18,11 +18,16 @@ import argparse
 import json
 import logging
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from transport import Sampler, create_transport, make_guided_sampler
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere
+
+from tools.bench.common import randomize_zero_init, sync  # noqa: E402
+from transport import Sampler, create_transport, make_guided_sampler  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -36,18 +41,7 @@ def build_model(args, device):
     model = LightningDiT(input_size=args.latent_size, patch_size=args.patch_size, in_channels=args.channels,
                          hidden_size=args.hidden, depth=args.depth, num_heads=args.heads,
                          num_classes=args.num_classes, use_swiglu=True, use_rope=True, use_rmsnorm=True)
-    # The DiT init zeroes adaLN and the output layer, so the untrained model outputs 0 and any
-    # comparison would be vacuous. Give those weights small random values.
-    with torch.no_grad():
-        for p in model.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.02)
-    return model.eval().to(device)
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    return randomize_zero_init(model).eval().to(device)
 
 
 def main():

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import resource
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-from tokenizer.autoencoder import AttnBlock, AutoencoderKL
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere
+
+from tokenizer.autoencoder import AttnBlock, AutoencoderKL  # noqa: E402
+from tools.bench.common import sync as sync_device  # noqa: E402
 
 
 def bmm_attention_forward(self: AttnBlock, x: torch.Tensor) -> torch.Tensor:
@@ -73,7 +79,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = AutoencoderKL(OmegaConf.to_container(cfg.ddconfig), int(cfg.embed_dim)).to(device).eval()
     x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device) * 2 - 1
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = functools.partial(sync_device, device)
     dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
     autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
     with torch.no_grad(), autocast():
