@@ -47,7 +47,7 @@ from torch.utils.data import DataLoader
 from datasets.image_folder import ADMImageFolder, collate_skip_bad
 from datasets.img_latent_dataset import (_check_shard, compute_latent_stats,
                                          save_latent_stats, shard_name)
-from tools.fileio import atomic_write, atomic_write_json
+from utils.fileio import atomic_write, atomic_write_json
 
 logger = logging.getLogger("extract")
 
@@ -216,7 +216,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.stats_only:
         return stats_only(args)
     from tokenizer.vavae import VA_VAE
-    from tools.runtime import setup_runtime
+    from utils.runtime import setup_runtime
 
     out_dir = Path(args.output_path)
     rt = setup_runtime(run_dir=str(out_dir), seed=args.seed, log_file="extraction_log.txt",

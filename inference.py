@@ -31,25 +31,31 @@ import logging
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
 from configs.schema import cfg_channels_value, parse_cli
-from tools.fileio import atomic_write, atomic_write_json
-from tools.runtime import setup_runtime
-from tools.sampling import (DEMO_CFG_SCALE, DEMO_INTERVAL_START, DEMO_SHIFT, STREAM_DEMO, STREAM_SDE,
-                            class_names, demo_labels, image_grid, sample_folder_name, sample_labels,
-                            sample_noise, work_plan)
-from tools.train_utils import build_model, build_transport, derive_seed, latent_size
+from datasets.order import STREAM_DEMO, STREAM_SDE, sample_labels, sample_noise, work_plan
+from models.build import build_model, latent_size
+from transport import build_transport
+from utils.fileio import atomic_write, atomic_write_json
+from utils.runtime import setup_runtime
+from utils.seeding import derive_seed
 
 logger = logging.getLogger("inference")
 REPO = Path(__file__).resolve().parent
 
 # Protocol entries a resumed run may change without changing any image.
 _PROTOCOL_FREE = ("world_size", "per_proc_batch_size", "torch_version", "device")
+
+# The reference demo's classes (REFERENCE 7.1): 975 lakeside, 3 tiger shark, 207 golden
+# retriever, 387 lesser panda, 388 giant panda, 88 macaw, 979 valley, 279 arctic fox.
+DEMO_LABELS = (975, 3, 207, 387, 388, 88, 979, 279)
+# Demo overrides of the reference (REFERENCE 7.1): cfg 9.0, no interval, no shift.
+DEMO_CFG_SCALE, DEMO_INTERVAL_START, DEMO_SHIFT = 9.0, 0.0, 0.0
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -162,6 +168,62 @@ class Decoder:
         x = x.float()
         z = x * self.std / self.multiplier + self.mean if self.mean is not None else x / self.multiplier
         return self.vae.decode_to_images(z)
+
+
+def sample_folder_name(cfg) -> str:
+    """The reference's folder name, plus suffixes for non-reference settings.
+
+    `{model_type /->-}-ckpt-{ckpt stem}-{sampling_method}-{steps}` lower-cased, with
+    `-interval{start:.2f}-cfg{scale:.2f}-shift{shift:.2f}` when cfg_scale > 1.
+    """
+    s = cfg.sample
+    ckpt = Path(cfg.ckpt_path).stem if cfg.ckpt_path else "none"
+    name = f"{cfg.model.model_type.replace('/', '-')}-ckpt-{ckpt}-{s.sampling_method}-{s.num_sampling_steps}".lower()
+    if s.cfg_scale > 1.0:
+        name += f"-interval{s.cfg_interval_start:.2f}-cfg{s.cfg_scale:.2f}-shift{s.timestep_shift:.2f}"
+    if s.mode != "ODE":
+        name += f"-{s.mode.lower()}"
+    if s.cfg_channels != "3" and s.cfg_scale > 1.0:
+        name += f"-cfgch{s.cfg_channels}"
+    if s.label_mode != "uniform":
+        name += f"-{s.label_mode}"
+    if s.precision != "fp32":
+        name += f"-{s.precision}"
+    if cfg.train.global_seed != 0:
+        name += f"-seed{cfg.train.global_seed}"
+    return name
+
+
+def demo_labels(num_classes: int) -> Tuple[List[int], bool]:
+    """The reference's 8 demo classes; with fewer than 1000 classes each is taken modulo
+    num_classes. Returns (labels, remapped)."""
+    labels = [c % num_classes for c in DEMO_LABELS]
+    return labels, labels != list(DEMO_LABELS)
+
+
+def class_names(num_classes: int, path: Optional[str] = None) -> Optional[List[str]]:
+    """Class names: one per line from `path`, else torchvision's ImageNet-1k list (offline
+    metadata) when num_classes == 1000, else None."""
+    if path is not None:
+        names = Path(path).read_text().splitlines()
+        if len(names) < num_classes:
+            raise ValueError(f"{path}: {len(names)} class names for {num_classes} classes")
+        return names
+    if num_classes == 1000:
+        try:
+            from torchvision.models import ResNet50_Weights
+            return list(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+        except (ImportError, AttributeError, KeyError):
+            return None
+    return None
+
+
+def image_grid(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    """(rows*cols, H, W, 3) uint8 -> (rows*H, cols*W, 3) row-major grid."""
+    n, h, w, c = images.shape
+    if n != rows * cols:
+        raise ValueError(f"{n} images do not fill a {rows}x{cols} grid")
+    return images.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
 
 
 def save_png(image: np.ndarray, path: Path) -> None:
@@ -304,7 +366,7 @@ def run_fid_sampling(cfg, args, rt, model, decoder) -> Path:
 
     npz = Path(f"{folder}.npz")
     if rt.is_main:
-        from tools.save_npz import create_npz_from_sample_folder
+        from evaluation.npz import create_npz_from_sample_folder
         labels = sample_labels(range(total), cfg.data.num_classes, seed, s.label_mode, total).numpy()
         atomic_write(folder / "labels.npy", lambda tmp: _save_npy(tmp, labels))
         create_npz_from_sample_folder(str(folder), total)
@@ -324,8 +386,8 @@ def fid_step(cfg, args, npz: Path) -> None:
     ref = cfg.data.fid_reference_file
     command = f"python tools/adm_evaluator.py {ref or 'VIRTUAL_imagenet256_labeled.npz'} {npz}"
     if args.fid and ref and Path(ref).is_file():
-        from tools.adm_evaluator import main as adm_main
-        results = adm_main([ref, str(npz)])
+        from evaluation.adm import evaluate_files
+        results = evaluate_files(ref, str(npz))
         logger.info("ADM evaluator: %s", results)
     else:
         if args.fid:
@@ -337,7 +399,7 @@ def main(argv: Optional[List[str]] = None):
     cfg, args = parse_cli(argv, description="LightningDiT sampling: FID PNGs + .npz, or --demo grid.",
                           extra_args=add_args)
     # The reference's seed rule: torch.manual_seed(global_seed * world_size + rank). Our images
-    # use per-image generators on top of that (tools/sampling.py).
+    # use per-image generators on top of that (datasets/order.py).
     rt = setup_runtime(run_dir=None, seed=cfg.train.global_seed, name="inference")
     if args.demo and not rt.is_main:
         return None

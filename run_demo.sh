@@ -89,7 +89,7 @@ if [ -n "${ADM_INCEPTION_WEIGHTS:-}" ]; then EVAL_ARGS=(--inception-weights "$AD
 if [ -z "${LPIPS_VGG_WEIGHTS:-}" ]; then EVAL_ARGS+=(--skip-lpips); fi
 bash run_tokenizer_eval.sh --config "$TOK_YAML" --data-path "$OUT/toy/val" --image-size 32 \
     --batch-size 50 --num-workers 0 --output "$OUT/tokenizer_eval.json" "${EVAL_ARGS[@]}"
-python -m tools.toy_classifier train --train-root "$OUT/toy/train" --val-root "$OUT/toy/val" \
+python -m evaluation.toy_classifier train --train-root "$OUT/toy/train" --val-root "$OUT/toy/val" \
     --out "$OUT/classifier.pt" --image-size 32 --epochs "$CLF_EPOCHS"
 if [ -n "${ADM_INCEPTION_WEIGHTS:-}" ]; then
     python tools/make_reference_batch.py "$OUT/toy/val" "$OUT/toy_val_reference.npz" --image-size 32 \

@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset
 
-from tools.fileio import atomic_torch_save
+from utils.fileio import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 

@@ -13,12 +13,10 @@ import logging
 import os
 import pickle
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-
-from tools.fileio import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -135,10 +133,45 @@ def load_lightningdit_checkpoint(path: PathLike, model: Optional[nn.Module] = No
     return model
 
 
-def save_lightningdit_safetensors(model_or_state_dict: Union[nn.Module, Mapping[str, torch.Tensor]],
-                                  path: PathLike) -> None:
-    """Write a clean state dict as .safetensors, atomically (tools/fileio.py)."""
-    from safetensors.torch import save_file
-    sd = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else model_or_state_dict
-    sd = {k: v.detach().cpu().contiguous() for k, v in clean_state_dict(sd).items()}
-    atomic_write(path, lambda tmp: save_file(sd, tmp))
+def warm_start(model: nn.Module, path: str) -> Tuple[List[str], List[str]]:
+    """Load `train.weight_init` weights with the reference's shape-mismatch rule (REFERENCE 3.7).
+
+    Tensors whose name and shape match are copied. A mismatched `x_embedder.proj.weight` becomes
+    zeros of the new shape with input channels [:, :16] copied from the file (the reference's
+    rule; its comment says 3 channels, the code copies 16). Every other mismatch or missing name
+    is skipped and logged by name. The final load is strict (the state dict is complete).
+    Returns (loaded names, skipped names).
+    """
+    # The reference warm-starts from ckpt['model'] (not the EMA).
+    src, _ = read_lightningdit_state_dict(path, prefer_ema=False)
+    target = model.state_dict()
+    new_state, loaded, skipped = {}, [], []
+    for name, value in target.items():
+        if name in src and src[name].shape == value.shape:
+            new_state[name] = src[name].to(value.dtype)
+            loaded.append(name)
+        elif name == "x_embedder.proj.weight" and name in src and _patch_copy_ok(src[name], value):
+            w = torch.zeros_like(value)
+            w[:, :16] = src[name][:, :16].to(value.dtype)
+            new_state[name] = w
+            loaded.append(name)
+            logger.warning("weight_init: %s %s -> %s: zeros with input channels [:, :16] copied "
+                           "(reference rule)", name, tuple(src[name].shape), tuple(value.shape))
+        else:
+            new_state[name] = value
+            why = "missing in file" if name not in src else \
+                f"shape {tuple(src[name].shape)} in file vs {tuple(value.shape)} in model"
+            skipped.append(name)
+            logger.warning("weight_init: skipped %s (%s)", name, why)
+    unused = sorted(set(src) - set(target))
+    for name in unused:
+        logger.warning("weight_init: unused tensor in file: %s", name)
+    model.load_state_dict(new_state, strict=True)
+    logger.info("weight_init: loaded %d / %d tensors from %s (%d skipped)",
+                len(loaded), len(target), path, len(skipped))
+    return loaded, skipped
+
+
+def _patch_copy_ok(src: torch.Tensor, dst: torch.Tensor) -> bool:
+    return (src.dim() == dst.dim() == 4 and src.shape[0] == dst.shape[0]
+            and src.shape[2:] == dst.shape[2:] and min(src.shape[1], dst.shape[1]) >= 16)

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from tools.fileio import atomic_torch_save, atomic_write, atomic_write_json
+from utils.fileio import atomic_torch_save, atomic_write, atomic_write_json
 
 
 def test_atomic_torch_save_and_json_round_trip(tmp_path):

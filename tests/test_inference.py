@@ -1,6 +1,6 @@
 """inference.py on CPU with a tiny random LightningDiT and a random tiny tokenizer: exactly N
 PNGs and a matching ADM .npz, protocol JSON, resume to the same set, demo grid; label and noise
-bookkeeping (tools/sampling.py)."""
+bookkeeping (datasets/order.py, inference.py)."""
 import json
 from pathlib import Path
 
@@ -11,9 +11,10 @@ from PIL import Image
 
 import inference
 from configs.schema import load_config
-from tools.sampling import (DEMO_LABELS, sample_folder_name, sample_labels, sample_noise, work_plan)
-from tools.tiny_data import write_tiny_latents
-from tools.train_utils import build_model
+from datasets.order import sample_labels, sample_noise, work_plan
+from inference import DEMO_LABELS, sample_folder_name
+from datasets.tiny_latents import write_tiny_latents
+from models.build import build_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs/tiny/lightningdit_tiny.yaml")

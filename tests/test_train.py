@@ -12,9 +12,12 @@ import torch
 
 import train
 from configs.schema import load_config
-from tools.tiny_data import write_tiny_latents
-from tools.train_utils import (GlobalBatchSampler, build_model, list_checkpoints, update_ema,
-                               warm_start)
+from datasets.tiny_latents import write_tiny_latents
+from datasets.order import GlobalBatchSampler
+from models.build import build_model
+from models.checkpoint import warm_start
+from models.ema import update_ema
+from training.checkpoints import list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs/tiny/lightningdit_tiny.yaml")

@@ -3,7 +3,7 @@ wrappers and LPIPS (inference side, REFERENCE.md §5); training parts live in si
 
 Public names are imported lazily so `import tokenizer.<module>` stays cheap:
 `AutoencoderKL`, `DiagonalGaussianDistribution`, `load_autoencoder_weights`, `VA_VAE`, `MAR_VAE`,
-`LPIPSLoss`.
+`LPIPSLoss`, `build_tokenizer`.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ _EXPORTS = {
     "VA_VAE": "tokenizer.vavae",
     "MAR_VAE": "tokenizer.marvae",
     "LPIPSLoss": "tokenizer.lpips",
+    "build_tokenizer": "tokenizer.factory",
 }
 __all__ = list(_EXPORTS)
 

@@ -1,4 +1,4 @@
-"""Image data for VA-VAE training: an image folder, the reference's crops, and a resumable sampler.
+"""Image data for VA-VAE training: an image folder and the reference's crops.
 
 Preprocessing follows REFERENCE.md §6.2 (taming `ImagePaths` with albumentations):
 - RGB; the smallest side resized to `size` with bilinear interpolation *without* antialiasing
@@ -6,23 +6,23 @@ Preprocessing follows REFERENCE.md §6.2 (taming `ImagePaths` with albumentation
 - train: a random `size` x `size` crop; validation: the centre crop; no horizontal flip;
 - x / 127.5 - 1, float32 (3, size, size) in [-1, 1].
 The random crop of item i in epoch e is drawn from a generator seeded with (seed, e, i), and the
-sampler's order is a seeded permutation per epoch, so a resumed run sees exactly the images and
-crops an uninterrupted one would, whatever the worker count. Files that fail to decode are
+trainer's order is a seeded permutation per epoch (`datasets.order.GlobalBatchSampler`), so a
+resumed run sees exactly the images and crops an uninterrupted one would, whatever the worker count. Files that fail to decode are
 skipped (the next file is used) and reported with a warning naming them.
 """
 from __future__ import annotations
 
 import logging
-import math
+
 import os
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 logger = logging.getLogger(__name__)
 
@@ -90,46 +90,6 @@ class ImageFolderDataset(Dataset):
         crop = img[top: top + self.size, left: left + self.size]
         x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1).float()
         return x / 127.5 - 1.0
-
-
-class ResumableSampler(Sampler[int]):
-    """Per-rank indices of a seeded per-epoch permutation, starting at position `start`.
-
-    Like `DistributedSampler` (the order is padded by wrapping so every rank gets
-    ceil(n / world_size) indices; rank r takes every world_size-th), plus `set_epoch(epoch, start)`
-    to skip the first `start` indices of this rank after a resume. `shuffle=False, pad=False`
-    gives the plain strided split used for validation (each image exactly once).
-    """
-
-    def __init__(self, num_items: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True, pad: bool = True):
-        self.n, self.seed, self.rank, self.world_size = num_items, seed, rank, world_size
-        self.shuffle, self.pad = shuffle, pad
-        self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int, start: int = 0) -> None:
-        self.epoch, self.start = epoch, start
-
-    def _indices(self) -> List[int]:
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
-        else:
-            order = list(range(self.n))
-        if self.pad:
-            total = math.ceil(self.n / self.world_size) * self.world_size
-            order = (order * math.ceil(total / self.n))[:total]
-        return order[self.rank::self.world_size]
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self._indices()[self.start:])
-
-    def __len__(self) -> int:
-        return max(len(self._indices()) - self.start, 0)
-
-    def per_rank(self) -> int:
-        """Indices per rank per epoch (without the start offset)."""
-        return len(self._indices())
 
 
 def write_toy_images(root: str | os.PathLike, num_images: int, size: tuple = (48, 40),

@@ -163,13 +163,3 @@ class VA_VAE:
         self.device = torch.device(device)
         self.model.to(self.device)
         return self
-
-
-def build_tokenizer(model_type: str, config_path: str | os.PathLike, **kwargs: Any) -> VA_VAE:
-    """'vavae' -> VA_VAE, 'marvae' -> MAR_VAE (same interface)."""
-    if model_type == "vavae":
-        return VA_VAE(config_path, **kwargs)
-    if model_type == "marvae":
-        from tokenizer.marvae import MAR_VAE
-        return MAR_VAE(config_path, **kwargs)
-    raise ValueError(f"unknown tokenizer model_type '{model_type}' (choose vavae or marvae)")

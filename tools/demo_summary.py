@@ -20,8 +20,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from tools.fileio import atomic_write, atomic_write_json
-from tools.toy_classifier import conditional_accuracy
+from utils.fileio import atomic_write, atomic_write_json
+from evaluation.toy_classifier import conditional_accuracy
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +62,8 @@ def sample_batches(out: Path, classifier: Optional[str], reference: Optional[Pat
             row.update({f"classifier_{k}": v for k, v in conditional_accuracy(classifier, str(npz)).items()
                         if k in ("samples", "accuracy", "chance")})
         if reference is not None and inception_weights:
-            from tools.adm_evaluator import main as adm_main
-            results = adm_main([str(reference), str(npz), "--inception-weights", inception_weights])
-            row["fid"] = results.get("fid") if isinstance(results, dict) else results
+            from evaluation.adm import evaluate_files
+            row["fid"] = evaluate_files(str(reference), str(npz), inception_weights)["fid"]
         rows.append(row)
     return rows
 

@@ -7,7 +7,7 @@ Differences, all documented in the JSON it writes:
   the reference's tensor Resize(256) + CenterCrop(256) is `--preprocess reference_resize`;
 - no PNG round trip: originals and reconstructions become uint8 in memory exactly as the
   reference's PNGs (clamp(127.5 x + 128) then truncation), Inception activations are gathered
-  across ranks and rFID is the Frechet distance between them (tools.adm_evaluator);
+  across ranks and rFID is the Frechet distance between them (evaluation.adm_metrics);
 - every image counts once (no DistributedSampler padding), metrics are per-image means;
 - SSIM: Gaussian window 11, sigma 1.5, k1 0.01, k2 0.03, on images clamped to [0, 1], mean over the
   valid windows, the same number as the reference's torchmetrics call with data_range=(-1, 1)
@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -31,11 +30,10 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
-if __package__ in (None, ""):  # `python tools/evaluate_tokenizer.py` / accelerate launch
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tokenizer.vavae import build_tokenizer, to_uint8_nhwc  # noqa: E402
-from tools.fileio import atomic_write_json  # noqa: E402
+from tokenizer.factory import TOKENIZERS, build_tokenizer
+from tokenizer.vavae import to_uint8_nhwc
+from utils.fileio import atomic_write_json
 
 logger = logging.getLogger("evaluate_tokenizer")
 
@@ -120,7 +118,7 @@ def finite_mean(v: torch.Tensor) -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/tokenizer/vavae_f16d32.yaml", help="tokenizer YAML")
-    p.add_argument("--model-type", default="vavae", choices=["vavae", "marvae"])
+    p.add_argument("--model-type", default="vavae", choices=sorted(TOKENIZERS))
     p.add_argument("--ckpt-path", default=None, help="override the YAML's ckpt_path")
     p.add_argument("--data-path", required=True, help="ImageFolder root, e.g. ImageNet val")
     p.add_argument("--output", default=None, help="JSON file (default output/tokenizer_eval/<config>.json)")
@@ -149,7 +147,7 @@ def check_inputs(args: argparse.Namespace) -> None:
     if args.random_init:
         return
     if not args.skip_fid:
-        from tools.inception import resolve_weights_path
+        from evaluation.inception import resolve_weights_path
         resolve_weights_path(args.inception_weights)  # raises FileNotFoundError naming the file
     if not args.skip_lpips:
         from tokenizer.lpips import VGG_WEIGHTS_ENV, VGG_WEIGHTS_HINT
@@ -162,7 +160,7 @@ def check_inputs(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     check_inputs(args)
-    from tools.runtime import rank_seed, setup_runtime  # imports accelerate
+    from utils.runtime import rank_seed, setup_runtime  # imports accelerate
 
     rt = setup_runtime(seed=args.seed, name="evaluate_tokenizer")
     acc, device = rt.accelerator, rt.device
@@ -178,8 +176,8 @@ def main(argv: list[str] | None = None) -> dict:
         from tokenizer.lpips import LPIPSLoss
         lpips_fn = LPIPSLoss(args.lpips_vgg_weights, random_init=args.random_init).to(device)
     if not args.skip_fid:
-        from tools.adm_evaluator import compute_statistics, frechet_distance
-        from tools.inception import InceptionFeatureExtractor
+        from evaluation.adm_metrics import compute_statistics, frechet_distance
+        from evaluation.inception import InceptionFeatureExtractor
         extractor = InceptionFeatureExtractor(args.inception_weights, device, random_init=args.random_init)
     tokenizer = build_tokenizer(args.model_type, args.config, img_size=args.image_size, fp16=args.fp16,
                                 device=device, ckpt_path=args.ckpt_path, random_init=args.random_init)

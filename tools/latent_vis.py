@@ -147,7 +147,7 @@ def plot_density_scatter(emb: np.ndarray, density: np.ndarray, path: Union[str, 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from tools.fileio import atomic_write
+    from utils.fileio import atomic_write
 
     fig, ax = plt.subplots(figsize=(12, 10))
     sc = ax.scatter(emb[:, 0], emb[:, 1], c=density, cmap="viridis", alpha=0.6, s=5)
@@ -171,7 +171,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="sampling seed for shard dirs")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(message)s")
-    from tools.fileio import atomic_write_json
+    from utils.fileio import atomic_write_json
 
     out_dir = Path(args.out_dir)
     results = {}

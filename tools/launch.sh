@@ -1,5 +1,5 @@
 # Shared launcher, sourced by every run_*.sh: `launch SCRIPT.py [ARGS...]` (SCRIPT relative to the
-# repository root). Sourcing it puts the repository root on PYTHONPATH.
+# repository root; the root scripts import the packages beside them).
 # Environment (same names as the reference scripts; all optional):
 #   GPUS_PER_NODE (default: number of visible CUDA devices, or 1 on CPU)
 #   WORLD_SIZE    number of nodes (default 1)      RANK / NODE_RANK  this node's rank (default 0)
@@ -8,7 +8,6 @@
 # On a machine without CUDA the processes run on CPU with the gloo backend (ACCELERATE_USE_CPU=1;
 # `accelerate launch --cpu` would silently start one process, see ENV.md).
 LAUNCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-export PYTHONPATH="$LAUNCH_ROOT${PYTHONPATH:+:$PYTHONPATH}"
 
 launch() {
     local script="$1"; shift

@@ -26,12 +26,10 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-if __package__ in (None, ""):  # run as `python tools/make_reference_batch.py`: make the repo root importable
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets.transforms import center_crop_arr  # noqa: E402
-from tools.inception import InceptionFeatureExtractor  # noqa: E402
-from tools.save_npz import write_npz_atomic  # noqa: E402
+from datasets.transforms import center_crop_arr
+from evaluation.inception import InceptionFeatureExtractor
+from evaluation.npz import write_npz_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import Optional
 from .guidance import GuidedVelocity, make_guided_sampler
 from .transport import ModelType, PathType, Sampler, Transport, WeightType
 
-__all__ = ["create_transport", "Sampler", "Transport", "ModelType", "PathType", "WeightType",
+__all__ = ["create_transport", "build_transport", "Sampler", "Transport", "ModelType", "PathType", "WeightType",
            "GuidedVelocity", "make_guided_sampler"]
 
 _PATHS = {"Linear": PathType.LINEAR, "GVP": PathType.GVP, "VP": PathType.VP}
@@ -52,3 +52,11 @@ def create_transport(path_type: str = "Linear", prediction: str = "velocity",
                      train_eps=train_eps, sample_eps=sample_eps, use_cosine_loss=bool(use_cosine_loss),
                      use_lognorm=bool(use_lognorm), lognorm_mean=lognorm_mean, lognorm_std=lognorm_std,
                      lognorm_until_step=lognorm_until_step, sde_eps=sde_eps)
+
+
+def build_transport(cfg):
+    """`create_transport` with the config's transport section (REFERENCE 2.1)."""
+    tr = cfg.transport
+    return create_transport(tr.path_type, tr.prediction, tr.loss_weight, tr.train_eps, tr.sample_eps,
+                            use_cosine_loss=tr.use_cosine_loss, use_lognorm=tr.use_lognorm,
+                            lognorm_until_step=tr.lognorm_until_step)

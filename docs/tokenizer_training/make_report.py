@@ -13,9 +13,9 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from tools.fileio import atomic_write, atomic_write_json  # noqa: E402
+from utils.fileio import atomic_write, atomic_write_json
 
 PANELS = [("rec_loss", "reconstruction loss (mean |x - x_rec|)"), ("vf_loss", "VF loss (mdms + mcos)"),
           ("vf_cos", "alignment: mean cos(projected latent, features)"), ("disc_loss", "discriminator loss")]

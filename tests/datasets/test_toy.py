@@ -4,7 +4,7 @@ import hashlib
 import numpy as np
 
 from datasets.toy import CLASS_NAMES, generate_toy_imagefolder, render_image
-from tools.toy_classifier import conditional_accuracy, train_classifier
+from evaluation.toy_classifier import conditional_accuracy, train_classifier
 
 
 def _digest(root):

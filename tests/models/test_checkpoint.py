@@ -2,8 +2,7 @@
 import pytest
 import torch
 
-from models.checkpoint import (clean_state_dict, load_lightningdit_checkpoint, read_lightningdit_state_dict,
-                               save_lightningdit_safetensors)
+from models.checkpoint import (clean_state_dict, load_lightningdit_checkpoint, read_lightningdit_state_dict)
 from models.lightningdit import LightningDiT
 
 
@@ -57,11 +56,11 @@ def test_released_layouts(tmp_path):
     assert isinstance(sd, dict) and torch.equal(sd["pos_embed"], ref.state_dict()["pos_embed"])
 
 
-def test_safetensors_round_trip(tmp_path):
+def test_safetensors_loads(tmp_path):
+    from safetensors.torch import save_file
     ref, target = tiny(6), tiny(7)
-    path = tmp_path / "sub" / "weights.safetensors"
-    save_lightningdit_safetensors(ref, path)
-    assert sorted(p.name for p in path.parent.iterdir()) == ["weights.safetensors"]  # no temp file left
+    path = tmp_path / "weights.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, str(path))
     assert same_weights(load_lightningdit_checkpoint(path, target), ref)
     x, t, y = torch.randn(2, 4, 4, 4), torch.rand(2), torch.tensor([1, 2])
     ref.eval(); target.eval()

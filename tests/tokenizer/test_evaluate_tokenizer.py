@@ -159,7 +159,7 @@ def test_end_to_end_matches_direct_computation(eval_setup):
 
     from tokenizer.lpips import LPIPSLoss
     from tokenizer.vavae import VA_VAE, to_uint8_nhwc
-    from tools.runtime import rank_seed
+    from utils.runtime import rank_seed
     tok = VA_VAE(root / "tiny.yaml", img_size=32, device="cpu")
     ds = ImageFolder(root / "data", transform=tok.img_transform())
     x_all = torch.stack([ds[i][0] for i in range(6)])
@@ -180,7 +180,7 @@ def test_end_to_end_matches_direct_computation(eval_setup):
 @pytest.mark.slow
 def test_end_to_end_fid_two_processes(eval_setup):
     """Random Inception (FID is minutes of sqrtm on 2 cores): 2 ranks give the 1-rank numbers."""
-    pytest.importorskip("tools.adm_evaluator")
+    pytest.importorskip("torch_fidelity")
     root = eval_setup
     common = ["--config", root / "tiny.yaml", "--data-path", root / "data", "--image-size", 32,
               "--batch-size", 2, "--num-workers", 0, "--posterior", "mode", "--random-init"]

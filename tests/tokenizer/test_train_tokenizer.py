@@ -6,11 +6,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import train_tokenizer as T
-from tokenizer.data import ImageFolderDataset, ResumableSampler, write_toy_images
+import training.vavae as T
+from datasets.order import GlobalBatchSampler
+from tokenizer.data import ImageFolderDataset, write_toy_images
 from tokenizer.train_config import load_train_config, mixed_precision
 from tokenizer.vavae import VA_VAE
-from tools.runtime import seed_everything
+from utils.runtime import seed_everything
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "tokenizer"
 
@@ -48,7 +49,7 @@ def _cfg(images, **extra):
 
 
 def _ckpt(run_dir, step):
-    return torch.load(Path(run_dir) / "checkpoints" / f"step_{step:07d}.pt", weights_only=True)
+    return torch.load(Path(run_dir) / "checkpoints" / f"{step:07d}.pt", weights_only=True)
 
 
 def _assert_same_state(a, b):
@@ -90,14 +91,14 @@ def test_step_changes_weights_reproducible_and_exact_resume(images, tmp_path):
     # logs, grids, validation, checkpoints loadable for inference
     assert (a / "images" / "step_0000002.png").is_file() and (a / "config.yaml").is_file()
     assert "val/rec_loss" in last_a and "train/vf_loss" in last_a and last_a["train/disc_loss"] > 0
-    assert (b / "checkpoints" / "last.pt").resolve().name == "step_0000004.pt"
+    assert (b / "checkpoints" / "last.pt").resolve().name == "0000004.pt"
     tok = VA_VAE(str(a / "export" / "vavae.yaml"), device="cpu", fp16=False)
     model.load_state_dict({**model.state_dict(), **{k: v for k, v in _ckpt(a, 4)["state_dict"].items()
                                                     if not k.startswith("loss.")}})
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     assert torch.equal(tok.model.encode(x).mode(), model.encode(x).mode())
     full = VA_VAE(str(a / "export" / "vavae.yaml"), device="cpu", fp16=False,
-                  ckpt_path=str(a / "checkpoints" / "step_0000004.pt"))   # a full training checkpoint
+                  ckpt_path=str(a / "checkpoints" / "0000004.pt"))   # a full training checkpoint
     assert torch.equal(full.model.encode(x).mode(), model.encode(x).mode())
 
 
@@ -135,13 +136,10 @@ def test_data_pipeline(images):
     assert len(crops) == 3
     val = ImageFolderDataset(images / "val", size=32, random_crop=False)
     assert torch.equal(val[0], val[0])
-    s = ResumableSampler(10, seed=3, rank=1, world_size=3)
-    full = list(s)
-    assert len(full) == 4 and s.per_rank() == 4
-    s.set_epoch(0, start=2)
-    assert list(s) == full[2:]
-    assert sorted(sum((list(ResumableSampler(10, rank=r, world_size=3, shuffle=False, pad=False))
-                       for r in range(3)), [])) == list(range(10))
+    # the tokenizer's order: epoch e is randperm(n) from a generator seeded with seed + e
+    order = GlobalBatchSampler(10, 4, rank=0, world_size=1, seed=3, epoch_seed=lambda e: 3 + e)
+    perm = torch.randperm(10, generator=torch.Generator().manual_seed(4)).tolist()
+    assert [i for i, _ in order.batch(2)] == perm[:4] and [i for i, _ in order.batch(3)] == perm[4:8]
 
 
 @pytest.mark.parametrize("name", ["f16d32_ldm", "f16d32_vfdinov2", "f16d32_vfmae",

@@ -8,7 +8,8 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from tokenizer.autoencoder import VAVAE_F16D32_DDCONFIG, AutoencoderKL
-from tokenizer.vavae import VA_VAE, build_tokenizer, load_tokenizer_config, to_uint8_nhwc
+from tokenizer.factory import build_tokenizer
+from tokenizer.vavae import VA_VAE, load_tokenizer_config, to_uint8_nhwc
 
 TINY = dict(double_z=True, z_channels=4, resolution=32, in_channels=3, out_ch=3, ch=32,
             ch_mult=[1, 2], num_res_blocks=1, attn_resolutions=[16], dropout=0.0)

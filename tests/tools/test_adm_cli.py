@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import evaluation.adm as adm
 import tools.adm_evaluator as ev
 import tools.make_reference_batch as mrb
 from datasets.transforms import center_crop_arr
-from tools.adm_evaluator import compute_statistics, frechet_distance, inception_score, precision_recall
+from evaluation.adm_metrics import compute_statistics, frechet_distance, inception_score, precision_recall
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -26,14 +27,14 @@ def _images(n, h, w, seed):
 
 def _record_activations(monkeypatch):
     """Wrap adm_evaluator.compute_activations so a test can recompute the metrics itself."""
-    recorded, real = {}, ev.compute_activations
+    recorded, real = {}, adm.compute_activations
 
     def recording(images, extractor, batch_size=64, **kwargs):
         out = real(images, extractor, batch_size, **kwargs)
         recorded[kwargs["desc"]] = out
         return out
 
-    monkeypatch.setattr(ev, "compute_activations", recording)
+    monkeypatch.setattr(adm, "compute_activations", recording)
     return recorded
 
 
@@ -70,7 +71,7 @@ def test_cli_random_init_end_to_end(tmp_path, monkeypatch, capsys):
         fid_calls.append((mu1, sigma1, mu2, sigma2))
         return 1.25 * len(fid_calls)
 
-    monkeypatch.setattr(ev, "frechet_distance", recording_fid)
+    monkeypatch.setattr(adm, "frechet_distance", recording_fid)
     saved, ref, smp = _run_cli(tmp_path, monkeypatch, capsys)
     assert ref["pool"].shape == (4, 2048) and smp["spatial"].shape == (4, 2023)
     assert (saved["fid"], saved["sfid"]) == (1.25, 2.5)
@@ -102,7 +103,7 @@ def test_evaluate_uses_stored_reference_statistics(tmp_path, monkeypatch):
             "sample.npz": {"pool": rng.standard_normal((30, 16)).astype(np.float32) + 0.5,
                            "spatial": rng.standard_normal((30, 12)).astype(np.float32),
                            "probs": rng.dirichlet(np.ones(10), 30).astype(np.float32)}}
-    monkeypatch.setattr(ev, "compute_activations", lambda images, extractor, batch_size, keys, total, desc: acts[desc])
+    monkeypatch.setattr(adm, "compute_activations", lambda images, extractor, batch_size, keys, total, desc: acts[desc])
     other = rng.standard_normal((50, 16)).astype(np.float32) * 2
     other_s = rng.standard_normal((50, 12)).astype(np.float32) * 3
     mu, sigma = compute_statistics(other)
@@ -110,7 +111,7 @@ def test_evaluate_uses_stored_reference_statistics(tmp_path, monkeypatch):
     np.savez(tmp_path / "ref.npz", _images(20, 4, 4, 3), mu=mu, sigma=sigma, mu_s=mu_s, sigma_s=sigma_s)
     np.savez(tmp_path / "sample.npz", _images(30, 4, 4, 4))
 
-    res = ev.evaluate(str(tmp_path / "ref.npz"), str(tmp_path / "sample.npz"), _StubExtractor(), distance_dtype="float32")
+    res = adm.evaluate(str(tmp_path / "ref.npz"), str(tmp_path / "sample.npz"), _StubExtractor(), distance_dtype="float32")
     smp = acts["sample.npz"]
     assert res["ref_statistics"] == "stored" and res["sample_statistics"] == "computed"
     assert res["fid"] == frechet_distance(*compute_statistics(smp["pool"]), mu, sigma)
@@ -121,7 +122,7 @@ def test_evaluate_uses_stored_reference_statistics(tmp_path, monkeypatch):
 
     np.savez(tmp_path / "sample.npz", _images(30, 4, 4, 4), mu=mu)  # 'mu' without the other three
     with pytest.raises(ValueError, match="sigma"):
-        ev.evaluate(str(tmp_path / "ref.npz"), str(tmp_path / "sample.npz"), _StubExtractor())
+        adm.evaluate(str(tmp_path / "ref.npz"), str(tmp_path / "sample.npz"), _StubExtractor())
 
 
 def test_cli_without_weights_names_the_file(tmp_path, monkeypatch):
@@ -195,4 +196,4 @@ def test_make_reference_batch_cli(tmp_path, monkeypatch):
             mu, sigma = compute_statistics(acts)  # statistics cover all five images
             np.testing.assert_allclose(f[key], mu, rtol=1e-5, atol=1e-7)
             np.testing.assert_allclose(f[key.replace("mu", "sigma")], sigma, rtol=1e-5, atol=1e-9)
-    assert ev.read_batch_statistics(str(out))["mu"].shape == (2048,)
+    assert adm.read_batch_statistics(str(out))["mu"].shape == (2048,)

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-import tools.adm_evaluator as ev
-from tools.adm_evaluator import compute_statistics, frechet_distance, inception_score, precision_recall
+import evaluation.adm_metrics as ev
+from evaluation.adm_metrics import compute_statistics, frechet_distance, inception_score, precision_recall
 
 
 def _random_cov(rng, d, n=None):

@@ -1,4 +1,4 @@
-"""The ADM Inception feature wrapper (tools/inception.py), with a randomly initialised network.
+"""The ADM Inception feature wrapper (evaluation/inception.py), with a randomly initialised network.
 
 Random weights: these tests check preprocessing, tensor plumbing and weight loading, not real FIDs.
 """
@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tools.inception import (WEIGHTS_ENV_VAR, WEIGHTS_FILENAME, InceptionFeatureExtractor, compute_activations,
+from evaluation.inception import (WEIGHTS_ENV_VAR, WEIGHTS_FILENAME, InceptionFeatureExtractor, compute_activations,
                              resolve_weights_path, tf1_resize_bilinear)
 
 

@@ -1,10 +1,10 @@
-"""tools/runtime.py helpers that need no launcher."""
+"""utils/runtime.py helpers that need no launcher."""
 import ctypes
 import ctypes.util
 
 import pytest
 
-import tools.runtime as runtime
+import utils.runtime as runtime
 
 
 def test_rank_seed_distinct_and_reproducible():

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tools.adm_evaluator import NpzArrayReader, read_batch_images
-from tools.save_npz import StreamedArray, create_npz_from_sample_folder, main, write_npz_atomic
+from evaluation.npz import NpzArrayReader, StreamedArray, create_npz_from_sample_folder, read_batch_images, write_npz_atomic
+from tools.save_npz import main
 
 
 def _write_samples(folder, n, h=6, w=5, seed=0, skip=()):

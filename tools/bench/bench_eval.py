@@ -13,18 +13,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import resource
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-from tools.adm_evaluator import compute_statistics, frechet_distance, inception_score, precision_recall  # noqa: E402
+from evaluation.adm_metrics import compute_statistics, frechet_distance, inception_score, precision_recall
 
 
 def _timed(fn, *args, **kwargs):

@@ -20,9 +20,7 @@ import json
 import logging
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -30,12 +28,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere
 
-from models.attention import scaled_dot_product_attention  # noqa: E402
-from models.lightningdit import LightningDiT, LightningDiT_models  # noqa: E402
-from tools.bench.common import best_time, randomize_zero_init, sync  # noqa: E402
-from tools.runtime import tune_cpu_allocator  # noqa: E402
+from models.attention import scaled_dot_product_attention
+from models.lightningdit import LightningDiT, LightningDiT_models
+from tools.bench.common import best_time, randomize_zero_init, sync
+from utils.runtime import tune_cpu_allocator
 
 logger = logging.getLogger("bench_model")
 
@@ -294,7 +291,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     p.add_argument("--no-baseline", action="store_true")
     p.add_argument("--compile", action="store_true", help="also time ours with compile_blocks()")
     p.add_argument("--no-allocator-tuning", action="store_true",
-                   help="leave glibc malloc at its defaults (entry scripts tune it on CPU: tools/runtime.py)")
+                   help="leave glibc malloc at its defaults (entry scripts tune it on CPU: utils/runtime.py)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)

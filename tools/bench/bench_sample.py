@@ -10,19 +10,17 @@ Prints one JSON line: images/s (median of repeats) for both variants and their r
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
+import torch
 
-from configs.schema import load_config  # noqa: E402
-from inference import LatentSampler  # noqa: E402
-from tools.sampling import sample_labels, sample_noise  # noqa: E402
-from tools.train_utils import build_model  # noqa: E402
+from configs.schema import load_config
+from inference import LatentSampler
+from datasets.order import sample_labels, sample_noise
+from models.build import build_model
 
 
 def main() -> None:

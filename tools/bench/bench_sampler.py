@@ -18,16 +18,13 @@ import argparse
 import json
 import logging
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere
 
-from tools.bench.common import randomize_zero_init, sync  # noqa: E402
-from transport import Sampler, create_transport, make_guided_sampler  # noqa: E402
+from tools.bench.common import randomize_zero_init, sync
+from transport import Sampler, create_transport, make_guided_sampler
 
 logger = logging.getLogger(__name__)
 

@@ -13,17 +13,14 @@ import functools
 import json
 import resource
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywhere
 
-from tokenizer.autoencoder import AttnBlock, AutoencoderKL  # noqa: E402
-from tools.bench.common import sync as sync_device  # noqa: E402
+from tokenizer.autoencoder import AttnBlock, AutoencoderKL
+from tools.bench.common import sync as sync_device
 
 
 def bmm_attention_forward(self: AttnBlock, x: torch.Tensor) -> torch.Tensor:

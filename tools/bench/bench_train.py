@@ -5,7 +5,7 @@ EMA, logging) on the tiny config, launched through tools/launch.sh with 1 and 2 
 
 Prints one JSON line: steps/s and images/s (median over the log windows after the first, which
 holds start-up), per process count, and the 2-vs-1 ratio. Uses a synthetic latent directory
-(tools/tiny_data.py) in a temporary folder.
+(datasets/tiny_latents.py) in a temporary folder.
 """
 import argparse
 import json
@@ -13,14 +13,12 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
 
-from tools.tiny_data import write_tiny_latents  # noqa: E402
+from datasets.tiny_latents import write_tiny_latents
 
 LINE = re.compile(r"Train Steps/Sec: ([\d.]+), Images/Sec: ([\d.]+)")
 

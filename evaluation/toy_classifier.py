@@ -5,8 +5,8 @@ the fraction of samples classified as the class they were generated for ("condit
 accuracy") must rise clearly above chance (1/10) for a working generator, and rise further with
 classifier-free guidance. It complements FID, which needs the Inception weights file.
 
-    python -m tools.toy_classifier train --train-root toy/train --val-root toy/val --out clf.pt
-    python -m tools.toy_classifier eval --ckpt clf.pt --samples samples.npz
+    python -m evaluation.toy_classifier train --train-root toy/train --val-root toy/val --out clf.pt
+    python -m evaluation.toy_classifier eval --ckpt clf.pt --samples samples.npz
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from tools.fileio import atomic_torch_save
+from utils.fileio import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ def train_classifier(train_root: str, val_root: Optional[str], out_path: str, im
 def load_classifier(path: str) -> ToyClassifier:
     if not Path(path).is_file():
         raise FileNotFoundError(f"classifier checkpoint not found: {path} (train it with "
-                                "`python -m tools.toy_classifier train ...`)")
+                                "`python -m evaluation.toy_classifier train ...`)")
     ckpt = torch.load(path, map_location="cpu")
     model = ToyClassifier(ckpt["num_classes"])
     model.load_state_dict(ckpt["model"])

@@ -7,7 +7,7 @@ learn something class-dependent within a few hundred steps. Files follow REFEREN
 `latents_rank00_shard{SSS}.safetensors` (latents, latents_flip float32, labels int64) plus
 `latents_stats.pt` computed by `datasets.img_latent_dataset.compute_latent_stats`.
 
-    python -m tools.tiny_data OUT_DIR [--num 256] [--channels 4] [--size 4] [--classes 10]
+    python -m datasets.tiny_latents OUT_DIR [--num 256] [--channels 4] [--size 4] [--classes 10]
 """
 from __future__ import annotations
 

@@ -10,14 +10,14 @@ import ctypes
 import ctypes.util
 import logging
 import os
-import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
+
+from utils.seeding import rank_seed, seed_everything
 
 LOG_FORMAT = "[%(asctime)s] %(message)s"
 
@@ -35,18 +35,6 @@ class Runtime:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rank_seed(global_seed: int, rank: int, world_size: int) -> int:
-    """The per-rank seed (DiT's rule): different on every rank, reproducible for a world size."""
-    return global_seed * world_size + rank
 
 
 def configure_logging(is_main: bool, log_file: Optional[Path] = None) -> None:

@@ -1,0 +1,78 @@
+"""Training checkpoints of both trainers: naming, listing, pruning and atomic saving.
+
+Files are `{ckpt_dir}/{step:07d}.pt` (the reference's LightningDiT name) for both trainers.
+Tokenizer runs written before the trainers shared this module used `step_{step:07d}.pt`; those
+are still listed, resumed from (with a log line) and pruned.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from utils.fileio import atomic_torch_save
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = re.compile(r"^(\d{7,})\.pt$")
+LEGACY_TOKENIZER_NAME = re.compile(r"^step_(\d+)\.pt$")
+
+
+def checkpoint_path(ckpt_dir: Path, step: int) -> Path:
+    """`{ckpt_dir}/{step:07d}.pt` (the reference's name)."""
+    return Path(ckpt_dir) / f"{step:07d}.pt"
+
+
+def list_checkpoints(ckpt_dir: Path) -> List[Tuple[int, Path]]:
+    """(step, path) of every checkpoint in ckpt_dir, sorted by step (temp files ignored).
+
+    Where a step has both names, the current `NNNNNNN.pt` wins over the legacy `step_N.pt`."""
+    ckpt_dir = Path(ckpt_dir)
+    if not ckpt_dir.is_dir():
+        return []
+    found: Dict[int, Path] = {}
+    for path in sorted(ckpt_dir.iterdir(), key=lambda p: CHECKPOINT_NAME.match(p.name) is not None):
+        match = CHECKPOINT_NAME.match(path.name) or LEGACY_TOKENIZER_NAME.match(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    return sorted(found.items())
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
+    """The checkpoint with the highest step (the reference picked the largest file)."""
+    found = list_checkpoints(ckpt_dir)
+    if not found:
+        return None
+    path = found[-1][1]
+    if LEGACY_TOKENIZER_NAME.match(path.name):
+        logger.info("resuming from %s (legacy tokenizer checkpoint name; new ones are NNNNNNN.pt)", path)
+    return path
+
+
+def prune_checkpoints(ckpt_dir: Path, keep_last_n: Optional[int]) -> List[Path]:
+    """Delete all but the newest `keep_last_n` checkpoints; returns the deleted paths."""
+    if keep_last_n is None or keep_last_n <= 0:
+        return []
+    doomed = [path for _, path in list_checkpoints(ckpt_dir)[:-keep_last_n]]
+    for path in doomed:
+        path.unlink()
+    return doomed
+
+
+def save_checkpoint(state: Dict[str, Any], ckpt_dir: Path, step: int, keep_last_n: Optional[int] = None,
+                    link_last: bool = False) -> Path:
+    """Write `state` atomically as `{step:07d}.pt`, optionally point `last.pt` at it, then prune."""
+    path = checkpoint_path(ckpt_dir, step)
+    atomic_torch_save(state, path)
+    if link_last:
+        tmp = path.parent / ".last.pt.tmp"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        tmp.symlink_to(path.name)  # relative: the run directory can move
+        os.replace(tmp, path.parent / "last.pt")
+    for old in prune_checkpoints(ckpt_dir, keep_last_n):
+        logger.info("removed old checkpoint %s", old)
+    logger.info("saved checkpoint to %s", path)
+    return path

@@ -1,0 +1,311 @@
+"""The LightningDiT trainer's building blocks (hustvl/LightningDiT `train.py`, DiT layout), used
+by the thin `train.py`: networks and optimizer, resume, data, one step, validation, checkpoint.
+
+The reference recipe (docs/reference_behaviour.md §3): rectified-flow velocity loss (MSE +
+cosine, 1:1), AdamW(lr, betas (0.9, beta2), weight decay 0), constant LR, bf16 autocast with
+fp32 weights, EMA every step initialised as an exact copy, per-process batch = global batch /
+processes, optional clipping, `train.weight_init` warm start (§3.7's shape-mismatch rule).
+
+What this does instead of the reference (§9.2):
+- all randomness of step s (data order, flips, t, noise, label dropout) is a function of
+  (train.global_seed, s) drawn for the *global* batch and sliced per rank, so a run does not
+  depend on the number of processes and a resumed run reads exactly the same numbers;
+- one DDP wrapper (`accelerator.prepare` once); `model` and `ema` are saved with clean keys;
+- checkpoints hold model, ema, opt, config, step, data position, per-rank RNG states and the
+  t-sampling state, written atomically; `train.resume` takes the newest step;
+- a non-finite loss stops the run (the poisoned weights are never saved);
+- `data.valid_path` gives a validation loss at fixed t (the reference's hook crashes).
+Label dropout for CFG is drawn here (same probability, `model.class_dropout_prob`) instead of
+inside the model, so that it comes from the step-keyed stream.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader
+
+from configs.schema import to_container
+from datasets.img_latent_dataset import ImgLatentDataset, load_latent_stats
+from datasets.order import STREAM_VALID, GlobalBatchSampler, SeededItems, step_noise
+from models.build import build_model
+from models.checkpoint import warm_start
+from models.ema import update_ema
+from training.checkpoints import checkpoint_path, latest_checkpoint, save_checkpoint
+from training.faults import inject_fault
+from training.metrics import MetricsSink
+from transport import build_transport
+from utils.seeding import derive_seed, gather_rng_states, restore_rng_state
+
+logger = logging.getLogger("train")
+
+CURVES = (("loss", "train MSE"), ("valid_loss", "valid MSE (fixed t)"))
+TENSORBOARD_TAGS = {"loss": "Loss/train", "cos_loss": "Loss/cos", "steps_per_sec": "Perf/steps_per_sec",
+                    "images_per_sec": "Perf/images_per_sec", "valid_loss": "Loss/valid",
+                    "valid_loss_ema": "Loss/valid_ema"}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised on every rank when a training loss is NaN or inf."""
+
+
+@dataclass
+class Networks:
+    """What a step updates. `model` is the DDP-wrapped module after `prepare`, `unwrapped` the
+    module itself (clean state-dict keys; the EMA follows it)."""
+    model: torch.nn.Module
+    unwrapped: torch.nn.Module
+    ema: torch.nn.Module
+    opt: torch.optim.Optimizer
+    transport: object
+    drop_prob: float
+
+
+@dataclass
+class Data:
+    sampler: GlobalBatchSampler
+    loader: DataLoader
+    num_items: int
+    valid_stats: Optional[Tuple[torch.Tensor, torch.Tensor]]
+
+
+def experiment_dir(cfg, accelerator) -> Path:
+    """`{output_dir}/{exp_name}`; exp_name None -> `{index:03d}-{model type}` (chosen on the main
+    process and broadcast, fixing the reference's `output/None/checkpoints`)."""
+    from accelerate.utils import broadcast_object_list
+
+    root = Path(cfg.train.output_dir)
+    name = cfg.train.exp_name
+    if name is None:
+        if cfg.train.resume:
+            raise ValueError("train.resume needs train.exp_name (an unnamed run gets a new index)")
+        holder = [None]
+        if accelerator.is_main_process:
+            index = len(list(root.glob("*"))) if root.is_dir() else 0
+            holder[0] = f"{index:03d}-{cfg.model.model_type.replace('/', '-')}"
+        if accelerator.num_processes > 1:
+            broadcast_object_list(holder)
+        name = holder[0]
+    path = root / name
+    if accelerator.is_main_process:
+        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    return path
+
+
+def build_networks(cfg, device: torch.device) -> Networks:
+    """Model (identical on every rank and world size: seeded by global_seed only), EMA, AdamW."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.global_seed)
+        model = build_model(cfg, training=True)
+    if cfg.train.weight_init:
+        warm_start(model, cfg.train.weight_init)
+    ema = deepcopy(model).requires_grad_(False).eval()
+    update_ema(ema, model, decay=0.0)  # exact copy (the reference overwrites the warm-started EMA too)
+    drop_prob = model.y_embedder.dropout_prob
+    model.y_embedder.dropout_prob = 0.0  # label dropout is drawn in the loop (step-keyed stream)
+    logger.info("LightningDiT parameters: %s", f"{sum(p.numel() for p in model.parameters()):,}")
+    # Fused AdamW: the same update rule in one kernel over all tensors (CPU support: torch 2.4).
+    fused = device.type == "cuda" or tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, weight_decay=0,
+                            betas=(0.9, cfg.optimizer.beta2), fused=fused)
+    return Networks(model=model, unwrapped=model, ema=ema, opt=opt, transport=build_transport(cfg),
+                    drop_prob=drop_prob)
+
+
+def resume(nets: Networks, ckpt_dir: Path, cfg, rt) -> Tuple[int, List[dict], Optional[Path]]:
+    """With `train.resume`, load the newest checkpoint into `nets` and this rank's RNG state.
+    Returns (start step, log history, checkpoint path or None)."""
+    path = latest_checkpoint(ckpt_dir) if cfg.train.resume else None
+    if cfg.train.resume and path is None:
+        logger.info("train.resume: no checkpoint in %s, starting from scratch", ckpt_dir)
+    if path is None:
+        return 0, [], None
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    nets.model.load_state_dict(ckpt["model"], strict=True)
+    nets.ema.load_state_dict(ckpt["ema"], strict=True)
+    nets.opt.load_state_dict(ckpt["opt"])
+    if len(ckpt.get("rng", [])) == rt.world_size:
+        restore_rng_state(ckpt["rng"][rt.rank])
+    else:
+        logger.warning("resume: checkpoint from %d processes, now %d: per-rank RNG states not "
+                       "restored (training draws are step-keyed and unaffected)",
+                       len(ckpt.get("rng", [])), rt.world_size)
+    logger.info("resumed from %s at step %d", path, int(ckpt["step"]))
+    return int(ckpt["step"]), list(ckpt.get("log_history", [])), path
+
+
+def prepare(nets: Networks, cfg, rt) -> None:
+    """Move to the device, compile the blocks if asked, wrap in DDP (the one and only wrapper)."""
+    nets.model.to(rt.device)
+    nets.ema.to(rt.device)
+    if cfg.model.compile:
+        nets.model.compile_blocks()
+    nets.model, nets.opt = rt.accelerator.prepare(nets.model, nets.opt)
+
+
+def build_data(cfg, rt, start_step: int) -> Data:
+    """The latent shards in the step-keyed global batch order, and the validation stats."""
+    dataset = ImgLatentDataset(cfg.data.data_path, cfg.data.latent_norm, cfg.data.latent_multiplier)
+    sampler = GlobalBatchSampler(len(dataset), cfg.train.global_batch_size, rt.rank, rt.world_size,
+                                 cfg.train.global_seed, start_step=start_step)
+    loader = DataLoader(SeededItems(dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
+                        pin_memory=rt.device.type == "cuda", persistent_workers=False)
+    logger.info("dataset %s: %s latents, %d steps per epoch, per-process batch %d",
+                cfg.data.data_path, f"{len(dataset):,}", sampler.steps_per_epoch, sampler.local_batch)
+    valid_stats = None
+    if cfg.data.valid_path and cfg.train.valid_every:
+        mean, std = load_latent_stats(cfg.data.data_path) if cfg.data.latent_norm else (
+            torch.zeros(()), torch.ones(()))
+        valid_stats = (mean.squeeze(0).to(rt.device), std.squeeze(0).to(rt.device))
+    return Data(sampler=sampler, loader=loader, num_items=len(dataset), valid_stats=valid_stats)
+
+
+def train_step(nets: Networks, cfg, rt, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
+    """One optimizer step on this rank's slice of global batch `step`; returns [mse, cos, loss]
+    (detached, on the device: no host sync)."""
+    tc = cfg.train
+    noise = step_noise(nets.transport, tc.global_seed, step, x.shape, rt.rank, rt.world_size,
+                       rt.device, nets.drop_prob)
+    y = torch.where(noise["drop"], cfg.data.num_classes, y)  # the null class
+    terms = nets.transport.training_losses(nets.model, x, dict(y=y), t=noise["t"], x0=noise["x0"])
+    mse = terms["loss"].mean()
+    cos = terms["cos_loss"].mean() if cfg.transport.use_cosine_loss else torch.zeros_like(mse)
+    loss = inject_fault(step, mse + cos if cfg.transport.use_cosine_loss else mse)
+    nets.opt.zero_grad(set_to_none=True)
+    rt.accelerator.backward(loss)
+    if cfg.optimizer.max_grad_norm is not None and rt.accelerator.sync_gradients:
+        rt.accelerator.clip_grad_norm_(nets.model.parameters(), cfg.optimizer.max_grad_norm)
+    nets.opt.step()
+    update_ema(nets.ema, nets.unwrapped, tc.ema_decay)
+    return torch.stack([mse.detach(), cos.detach(), loss.detach()])
+
+
+def check_finite(nonfinite: torch.Tensor, rt, first: int, last: int, last_good: Optional[Path]) -> None:
+    """Stop every rank when any rank saw a non-finite loss in steps (first, last]."""
+    if float(rt.accelerator.reduce(nonfinite.clone(), reduction="sum")) > 0:
+        msg = (f"non-finite loss between steps {first + 1} and {last}; stopping. "
+               f"Last good checkpoint: {last_good or 'none'}. Try optimizer.max_grad_norm=1.0, "
+               f"model.use_qknorm=true or PRECISION=no (docs/reference_behaviour.md §9.2).")
+        logger.error(msg)
+        raise NonFiniteLossError(msg)
+
+
+def log_window(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, step: int, sums: torch.Tensor,
+               num_steps: int, elapsed: float) -> dict:
+    """Average the window's losses over ranks, run validation when due, write one metrics row."""
+    avg = rt.accelerator.reduce(sums.clone(), reduction="mean") / num_steps
+    steps_per_sec = num_steps / elapsed
+    mse, cos = float(avg[0]), float(avg[1])
+    line = (f"(step={step:07d}) Train Loss: {mse:.4f}, Train Steps/Sec: {steps_per_sec:.2f}, "
+            f"Images/Sec: {steps_per_sec * cfg.train.global_batch_size:.1f}")
+    logger.info(line + (f", Cos Loss: {cos:.4f}" if cfg.transport.use_cosine_loss else ""))
+    row = {"step": step, "loss": mse, "cos_loss": cos, "steps_per_sec": steps_per_sec,
+           "images_per_sec": steps_per_sec * cfg.train.global_batch_size}
+    if data.valid_stats is not None and step % cfg.train.valid_every == 0:
+        nets.model.eval()
+        vl = validation_loss({"model": nets.unwrapped, "ema": nets.ema}, cfg, nets.transport, rt, data.valid_stats)
+        nets.model.train()
+        logger.info(f"(step={step:07d}) Valid Loss: {vl['model']:.4f}, EMA Valid Loss: {vl['ema']:.4f}")
+        row.update(valid_loss=vl["model"], valid_loss_ema=vl["ema"])
+    sink.log(row)
+    sink.plot()
+    return row
+
+
+def save_training_state(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, ckpt_dir: Path,
+                        step: int) -> Path:
+    """Checkpoint every rank's RNG state and the main process's weights/optimizer (atomic)."""
+    rngs = gather_rng_states(rt.world_size)
+    path = checkpoint_path(ckpt_dir, step)
+    if rt.is_main:
+        epoch, batch_in_epoch = data.sampler.position(step)
+        save_checkpoint({
+            "model": nets.unwrapped.state_dict(), "ema": nets.ema.state_dict(), "opt": nets.opt.state_dict(),
+            "config": to_container(cfg), "step": step,
+            "data": {"epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                     "steps_per_epoch": data.sampler.steps_per_epoch, "num_items": data.num_items,
+                     "global_batch_size": cfg.train.global_batch_size, "seed": cfg.train.global_seed},
+            "t_sampling": {"use_lognorm": cfg.transport.use_lognorm,
+                           "lognorm_until_step": cfg.transport.lognorm_until_step,
+                           "lognorm_active": nets.transport.lognorm_active(step)},
+            "rng": rngs, "world_size": rt.world_size, "log_history": sink.history,
+        }, ckpt_dir, step, cfg.train.keep_last_n)
+        sink.plot()
+    rt.accelerator.wait_for_everyone()
+    return path
+
+
+def train_loop(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, ckpt_dir: Path, start_step: int,
+               last_good: Optional[Path]) -> int:
+    """Steps start_step .. train.max_steps; host syncs only at log and checkpoint steps."""
+    from tqdm import tqdm
+
+    tc, step = cfg.train, start_step
+    sums = torch.zeros(3, device=rt.device)          # window sums: MSE, cosine, total
+    nonfinite = torch.zeros((), device=rt.device)
+    window, last_check, tic = 0, start_step, time.time()
+    bar = tqdm(total=tc.max_steps, initial=start_step, disable=not rt.is_main, dynamic_ncols=True, desc="train")
+    nets.model.train()
+    for x, y in data.loader:
+        if step >= tc.max_steps:
+            break
+        terms = train_step(nets, cfg, rt, x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True), step)
+        sums += terms
+        nonfinite += (~torch.isfinite(terms[2])).float()
+        step, window = step + 1, window + 1
+        bar.update(1)
+        is_ckpt = step % tc.ckpt_every == 0 or step == tc.max_steps
+        if step % tc.log_every == 0 or is_ckpt:
+            check_finite(nonfinite, rt, last_check, step, last_good)
+            last_check = step
+        if step % tc.log_every == 0:
+            if rt.device.type == "cuda":
+                torch.cuda.synchronize()
+            row = log_window(cfg, rt, nets, data, sink, step, sums, window, time.time() - tic)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            sums.zero_()
+            window, tic = 0, time.time()
+        if is_ckpt:
+            last_good = save_training_state(cfg, rt, nets, data, sink, ckpt_dir, step)
+    bar.close()
+    return step
+
+
+@torch.no_grad()
+def validation_loss(models: Dict[str, torch.nn.Module], cfg, transport, rt, stats) -> Dict[str, float]:
+    """Mean MSE on the held-out latents at fixed t (§9.2: the reference's hook crashes).
+
+    Items 0..V-1 (V = min(len, num_valid_batches * global batch)), unflipped-or-flipped with a
+    fixed per-item seed, t_i = (i + 0.5) / V and noise seeded by (seed, i): the same numbers at
+    every evaluation and for any number of processes. Labels are kept (no dropout).
+    """
+    data = SeededItems(ImgLatentDataset(cfg.data.valid_path, latent_norm=False, latent_multiplier=1.0))
+    total = min(len(data), cfg.train.num_valid_batches * cfg.train.global_batch_size)
+    mine = list(range(rt.rank, total, rt.world_size))
+    b = cfg.train.global_batch_size // rt.world_size
+    mean, std = stats
+    sums = torch.zeros(len(models) + 1, device=rt.device, dtype=torch.float64)
+    for lo in range(0, len(mine), b):
+        ids = mine[lo: lo + b]
+        items = [data[(i, derive_seed(cfg.train.global_seed, STREAM_VALID, i))] for i in ids]
+        x = torch.stack([it[0] for it in items]).to(rt.device)
+        y = torch.stack([it[1] for it in items]).to(rt.device)
+        if cfg.data.latent_norm:
+            x = (x - mean) / std
+        x = x * cfg.data.latent_multiplier
+        t = (torch.tensor(ids, dtype=torch.float32) + 0.5) / total
+        x0 = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(
+            derive_seed(cfg.train.global_seed, STREAM_VALID, 1, i))) for i in ids]).to(rt.device)
+        for k, model in enumerate(models.values()):
+            with rt.accelerator.autocast():
+                out = transport.training_losses(model, x, dict(y=y), t=t.to(rt.device), x0=x0)
+            sums[k] += out["loss"].double().sum()
+        sums[-1] += len(ids)
+    sums = rt.accelerator.reduce(sums, reduction="sum")
+    return {name: float(sums[k] / sums[-1]) for k, name in enumerate(models)}
