@@ -13,6 +13,7 @@ import inference
 from configs.schema import load_config
 from datasets.order import sample_labels, sample_noise, work_plan
 from inference import DEMO_LABELS, sample_folder_name
+from sampling import LatentSampler
 from datasets.tiny_latents import write_tiny_latents
 from models.build import build_model
 
@@ -98,14 +99,14 @@ def test_skip_uncond_and_bf16_options(setup):
     model = inference.load_model(cfg, torch.device("cpu"))
     z = sample_noise(range(4), (4, 4, 4), 0)
     y = sample_labels(range(4), 10, 0)
-    ref = inference.LatentSampler(cfg, model, skip_uncond=False)(z, y)
-    fast_sampler = inference.LatentSampler(cfg, model, skip_uncond=True)
+    ref = LatentSampler(cfg, model, skip_uncond=False)(z, y)
+    fast_sampler = LatentSampler(cfg, model, skip_uncond=True)
     fast = fast_sampler(z, y)
     assert fast_sampler.num_cond_only > 0  # some evaluations skipped the unconditional half
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
     cfg16 = load_config(CONFIG, [a for a in setup["args"][1:] if "=" in a] + ["sample.precision=bf16"])
     with inference.precision_context(cfg16, torch.device("cpu")):
-        low = inference.LatentSampler(cfg16, model)(z, y)
+        low = LatentSampler(cfg16, model)(z, y)
     assert low.dtype == torch.float32 or low.dtype == torch.bfloat16
     assert (low.float() - ref).abs().mean() < 0.1 * ref.abs().mean()
     assert sample_folder_name(cfg16).endswith("-bf16")

@@ -8,7 +8,8 @@ from typing import Dict, Iterable, List, Set
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-LIBRARY = ("configs", "models", "transport", "datasets", "tokenizer", "utils", "training", "evaluation")
+LIBRARY = ("configs", "models", "transport", "datasets", "tokenizer", "utils", "training", "evaluation",
+           "sampling")
 COMMANDS = ("tools", "train", "train_tokenizer", "inference", "extract_features")
 PROJECT = LIBRARY + COMMANDS
 

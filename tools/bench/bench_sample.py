@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 import torch
 
 from configs.schema import load_config
-from inference import LatentSampler
+from sampling import LatentSampler
 from datasets.order import sample_labels, sample_noise
 from models.build import build_model
 

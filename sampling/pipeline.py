@@ -1,0 +1,113 @@
+"""From noise to images with a trained LightningDiT: the configured sampler with guidance
+(`LatentSampler`), then denormalisation and tokenizer decoding (`Decoder`).
+
+Shared by `inference.py` (FID sampling, the demo grid), evaluation during training and the
+benchmarks, so every path samples and decodes the same way.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from configs.schema import cfg_channels_value
+from datasets.img_latent_dataset import load_latent_stats
+from tokenizer.vavae import VA_VAE
+from transport import Sampler, build_transport, make_guided_sampler
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
+
+
+def tokenizer_config_path(cfg) -> Path:
+    """`vae.config_path`, else `configs/tokenizer/{vae.model_name}.yaml` of this repository."""
+    return Path(cfg.vae.config_path) if cfg.vae.config_path else CONFIG_DIR / f"{cfg.vae.model_name}.yaml"
+
+
+class LatentSampler:
+    """Turns noise z (n, C, H, W) and labels y (n,) into latents with the configured sampler and
+    guidance. `cfg_scale`, `interval_start` and `shift` may be overridden (demo mode)."""
+
+    def __init__(self, cfg, model: torch.nn.Module, *, cfg_scale: Optional[float] = None,
+                 interval: bool = True, interval_start: Optional[float] = None,
+                 shift: Optional[float] = None, skip_uncond: Optional[bool] = None):
+        s = cfg.sample
+        self.model = model
+        self.mode = s.mode
+        self.cfg_scale = s.cfg_scale if cfg_scale is None else cfg_scale
+        self.interval = interval
+        self.interval_start = s.cfg_interval_start if interval_start is None else interval_start
+        self.shift = s.timestep_shift if shift is None else shift
+        self.cfg_channels = cfg_channels_value(cfg)
+        self.null_class = cfg.data.num_classes
+        self.num_calls = self.num_cond_only = 0
+        if self.cfg_scale > 1.0 and model.y_embedder.embedding_table.num_embeddings <= self.null_class:
+            raise ValueError("sample.cfg_scale > 1 needs a null class: the model was built with "
+                             "model.class_dropout_prob = 0")
+        sampler = Sampler(build_transport(cfg))
+        skip = s.skip_uncond_outside_interval if skip_uncond is None else skip_uncond
+        if s.mode == "ODE":
+            self.ode = sampler.sample_ode(s.sampling_method, s.num_sampling_steps, s.atol, s.rtol,
+                                          s.reverse, self.shift)
+            self.guided = make_guided_sampler(sampler, sampling_method=s.sampling_method,
+                                              num_steps=s.num_sampling_steps, atol=s.atol, rtol=s.rtol,
+                                              timestep_shift=self.shift, skip_uncond=skip)
+        else:
+            self.sde_kwargs = dict(sampling_method=s.sampling_method, diffusion_form=s.diffusion_form,
+                                   diffusion_norm=s.diffusion_norm, last_step=s.last_step,
+                                   last_step_size=s.last_step_size, num_steps=s.num_sampling_steps)
+            self.sampler = sampler
+
+    @torch.no_grad()
+    def __call__(self, z: torch.Tensor, y: torch.Tensor, sde_seed: int = 0) -> torch.Tensor:
+        n, guided = z.shape[0], self.cfg_scale > 1.0
+        if self.mode == "ODE":
+            if guided:
+                out = self.guided(z, self.model, y, self.cfg_scale, cfg_interval=self.interval,
+                                  cfg_interval_start=self.interval_start, cfg_channels=self.cfg_channels,
+                                  null_class=self.null_class)[-1]
+                self.num_calls += self.guided.num_calls
+                self.num_cond_only += self.guided.num_cond_only
+                return out
+            return self.ode(z, self.model.forward, y=y)[-1]
+        # SDE (ours; the reference raises NotImplementedError): reference-style doubled batch.
+        g = torch.Generator(device=z.device).manual_seed(sde_seed)
+        fn = self.sampler.sample_sde(**self.sde_kwargs, generator=g)
+        if not guided:
+            return fn(z, self.model.forward, y=y)[-1]
+        y2 = torch.cat([y, torch.full_like(y, self.null_class)])
+        out = fn(torch.cat([z, z]), self.model.forward_with_cfg, y=y2, cfg_scale=self.cfg_scale,
+                 cfg_interval=self.interval, cfg_interval_start=self.interval_start,
+                 cfg_channels=self.cfg_channels)[-1]
+        return out[:n]
+
+
+class Decoder:
+    """Latents in model space -> uint8 NHWC images: z = x * std / multiplier + mean, VA-VAE decode.
+
+    With data.latent_norm false the inverse of training is z = x / multiplier (the reference
+    applies the dataset stats regardless, REFERENCE 9.2, which mis-scales such models).
+    """
+
+    def __init__(self, cfg, device: torch.device, random_init: bool = False):
+        self.multiplier = cfg.data.latent_multiplier
+        self.mean = self.std = None
+        if cfg.data.latent_norm:
+            mean, std = load_latent_stats(cfg.data.data_path)
+            if mean.shape[1] != cfg.model.in_chans:
+                raise ValueError(f"{cfg.data.data_path}/latents_stats.pt has {mean.shape[1]} channels, "
+                                 f"model.in_chans is {cfg.model.in_chans}")
+            self.mean, self.std = mean.to(device), std.to(device)
+        config_path = tokenizer_config_path(cfg)
+        # fp16=False: the reference decodes in fp32. Seeded so a random-init tokenizer (tests) is
+        # the same on every rank.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.train.global_seed)
+            self.vae = VA_VAE(config_path, img_size=cfg.data.image_size, fp16=False, device=device,
+                              random_init=random_init)
+
+    def __call__(self, x: torch.Tensor) -> np.ndarray:
+        x = x.float()
+        z = x * self.std / self.multiplier + self.mean if self.mean is not None else x / self.multiplier
+        return self.vae.decode_to_images(z)
