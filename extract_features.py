@@ -1,6 +1,6 @@
 """Encode an ImageFolder into latent shards for LightningDiT training (reference extract_features.py).
 
-Behaviour follows REFERENCE.md 4.1-4.4: every image goes through the ADM centre crop and [-1, 1]
+Behaviour follows docs/reference_behaviour.md §4.1-4.4: every image goes through the ADM centre crop and [-1, 1]
 normalisation, and both the image and its horizontal flip are encoded by the tokenizer (an
 independent posterior sample each, `mode` optional, fp32, no scale factor). Shards of 10,000 images
 are written in the released format (`latents`, `latents_flip`, `labels`; metadata
@@ -35,6 +35,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -45,9 +46,10 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader
 
 from datasets.image_folder import ADMImageFolder, collate_skip_bad
-from datasets.img_latent_dataset import (_check_shard, compute_latent_stats,
+from datasets.img_latent_dataset import (STATS_FILE, _check_shard, compute_latent_stats,
                                          save_latent_stats, shard_name)
-from utils.fileio import atomic_write, atomic_write_json
+from training.rundir import RunLock, decide_on_main, release_run_dir, timestamp
+from utils.fileio import WriteError, atomic_write, atomic_write_json
 
 logger = logging.getLogger("extract")
 
@@ -62,7 +64,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="Encode an ImageFolder into latent shards.")
     p.add_argument("--data-path", help="ImageFolder root (class sub-folders of images)")
     p.add_argument("--output-path", required=True, help="shard directory (created)")
-    p.add_argument("--tokenizer-config", help="tokenizer YAML, e.g. configs/tokenizer/vavae_f16d32.yaml")
+    p.add_argument("--tokenizer-config", help="tokenizer YAML, e.g. configs/tokenizer/vavae_f16d32.yaml "
+                   "or configs/tokenizer/sdvae_ft_ema.yaml (its `tokenizer:` key picks the wrapper)")
     p.add_argument("--image-size", type=int, default=256, help="centre-crop size")
     p.add_argument("--batch-size", type=int, default=20, help="images per process per step")
     p.add_argument("--num-workers", type=int, default=8, help="DataLoader workers per process")
@@ -77,6 +80,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--stats-seed", type=int, default=0, help="seed of the stats sample")
     p.add_argument("--stats-only", action="store_true",
                    help="only (re)compute latents_stats.pt from the shards in --output-path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start over in an existing --output-path: its shards, manifest and stats are "
+                        "moved to OUTPUT_PATH.old-<timestamp>/ (never deleted)")
     # Testing hook: exit with code 3 after this many shards were written by a process.
     p.add_argument("--stop-after-shards", type=int, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -195,8 +201,24 @@ def check_manifest(out_dir: Path, wanted: Dict) -> Dict:
     for key in CONTENT_KEYS:
         if found.get(key) != wanted[key]:
             raise ValueError(f"{path}: {key}={found.get(key)!r} but this run has {wanted[key]!r}; "
-                             "resume with the same arguments or use a new --output-path")
+                             "resume with the same arguments, --overwrite to move the old shards "
+                             "aside, or a new --output-path")
     return found
+
+
+def claim_output_dir(out_dir: Path, overwrite: bool) -> None:
+    """Lock the output directory (main process); with --overwrite, move a previous extraction's
+    files (shards, manifest, stats) to a new sibling `OUTPUT_PATH.old-<timestamp>/`. The log file
+    stays (extraction logs append)."""
+    RunLock(out_dir).acquire()
+    previous = [p for p in out_dir.iterdir()
+                if p.name in (MANIFEST, STATS_FILE) or p.suffix == ".safetensors"]
+    if overwrite and previous:
+        aside = out_dir.with_name(f"{out_dir.name}.old-{timestamp()}")
+        aside.mkdir()
+        for path in previous:
+            os.replace(path, aside / path.name)
+        logger.warning("--overwrite: moved %d file(s) of the previous extraction to %s", len(previous), aside)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -215,15 +237,21 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     if args.stats_only:
         return stats_only(args)
-    from tokenizer.vavae import VA_VAE
+    from tokenizer.factory import load_tokenizer
     from utils.runtime import setup_runtime
 
     out_dir = Path(args.output_path)
+    # Inputs first: nothing is created for a wrong --data-path or --tokenizer-config.
+    if not args.tokenizer_config or not Path(args.tokenizer_config).is_file():
+        raise FileNotFoundError(f"--tokenizer-config file not found: {args.tokenizer_config} "
+                                "(e.g. configs/tokenizer/vavae_f16d32.yaml)")
+    if not Path(args.data_path).is_dir():
+        raise FileNotFoundError(f"--data-path image folder not found: {args.data_path}")
+    dataset = ADMImageFolder(args.data_path, image_size=args.image_size)
     rt = setup_runtime(run_dir=str(out_dir), seed=args.seed, log_file="extraction_log.txt",
                        name="extract")
     accelerator, rank, world = rt.accelerator, rt.rank, rt.world_size
 
-    dataset = ADMImageFolder(args.data_path, image_size=args.image_size)
     selected = select_images(len(dataset), args.max_images)
     num_images = len(selected)
     num_shards = math.ceil(num_images / args.shard_size)
@@ -236,6 +264,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "random_init_tokenizer": args.random_init_tokenizer,
         "num_shards": num_shards, "shard_name_world_size": world,
     }
+    decide_on_main(accelerator, lambda: claim_output_dir(out_dir, args.overwrite))
+    accelerator.wait_for_everyone()
     manifest = check_manifest(out_dir, wanted)        # every rank checks: no rank left waiting
     if rt.is_main:
         for stale in out_dir.glob(".latents_*.tmp"):  # leftovers of a killed writer
@@ -259,8 +289,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     # Identical random weights on every rank when --random-init-tokenizer.
     torch.manual_seed(args.seed)
-    vae = VA_VAE(args.tokenizer_config, img_size=args.image_size, fp16=False, device=rt.device,
-                 random_init=args.random_init_tokenizer)
+    # The YAML's `tokenizer:` key picks VA-VAE (absent), MAR-VAE or SD-VAE (tokenizer/factory.py).
+    vae = load_tokenizer(args.tokenizer_config, img_size=args.image_size, fp16=False,
+                         device=rt.device, random_init=args.random_init_tokenizer)
 
     skipped, written_images, written_shards = 0, 0, 0
     start = time.time()
@@ -313,9 +344,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
             raise RuntimeError(f"shards missing after extraction: {missing}")
         stats = compute_latent_stats(out_dir, args.stats_samples, args.stats_seed)
         rt.logger.info("wrote %s", save_latent_stats(stats, out_dir))
+        release_run_dir(out_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError, WriteError) as err:  # bad input, directory in use or
+        raise SystemExit(f"error: {err}") from None               # made with other arguments, disk full

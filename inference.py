@@ -4,7 +4,7 @@ DiT `sample_ddp.py` layout).
     bash run_inference.sh configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml [--fid]
     bash run_fast_inference.sh configs/lightningdit_xl_vavae_f16d32.yaml      # demo grid
 
-FID mode (REFERENCE.md 7.1): every process draws per-process batches, samples the transport ODE
+FID mode (docs/reference_behaviour.md §7.1): every process draws per-process batches, samples the transport ODE
 (Euler, 250 points, timestep shift) with classifier-free guidance inside the interval on the
 first `sample.cfg_channels` channels (3 = the reference's quirk, under which the published FIDs
 were measured), denormalises z = x * std / multiplier + mean, decodes with VA-VAE and writes
@@ -29,19 +29,23 @@ import argparse
 import json
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
 
-from configs.schema import parse_cli
+from configs.schema import SampleConfig, TrainConfig, parse_cli
 from datasets.order import STREAM_DEMO, STREAM_SDE, sample_labels, sample_noise, work_plan
-from models.build import build_model, latent_size
+from models.build import build_model, latent_size, should_compile
 from sampling import Decoder, LatentSampler
-from utils.fileio import atomic_write, atomic_write_json
+from sampling.inputs import check_sampling_inputs
+from training.rundir import RunLock, decide_on_main, move_aside, release_run_dir, timestamp
+from utils.digest import module_digest, tensors_digest
+from utils.fileio import WriteError, atomic_write, atomic_write_json
 from utils.runtime import setup_runtime
 from utils.seeding import derive_seed
 
@@ -49,11 +53,16 @@ logger = logging.getLogger("inference")
 
 # Protocol entries a resumed run may change without changing any image.
 _PROTOCOL_FREE = ("world_size", "per_proc_batch_size", "torch_version", "device")
+# Where the checkpoint lives: free when the folder records the weights' content hash.
+_PROTOCOL_LOCATION = ("ckpt_path", "ckpt_bytes")
+# Content hashes of the inputs (input_digests) and what each names in an error.
+_INPUT_DIGESTS = {"ckpt_sha256": "checkpoint weights", "vae_sha256": "tokenizer weights",
+                  "latent_stats_sha256": "latent stats"}
 
-# The reference demo's classes (REFERENCE 7.1): 975 lakeside, 3 tiger shark, 207 golden
+# The reference demo's classes (docs/reference_behaviour.md §7.1): 975 lakeside, 3 tiger shark, 207 golden
 # retriever, 387 lesser panda, 388 giant panda, 88 macaw, 979 valley, 279 arctic fox.
 DEMO_LABELS = (975, 3, 207, 387, 388, 88, 979, 279)
-# Demo overrides of the reference (REFERENCE 7.1): cfg 9.0, no interval, no shift.
+# Demo overrides of the reference (docs/reference_behaviour.md §7.1): cfg 9.0, no interval, no shift.
 DEMO_CFG_SCALE, DEMO_INTERVAL_START, DEMO_SHIFT = 9.0, 0.0, 0.0
 
 
@@ -80,22 +89,23 @@ def sample_folder_name(cfg) -> str:
     """The reference's folder name, plus suffixes for non-reference settings.
 
     `{model_type /->-}-ckpt-{ckpt stem}-{sampling_method}-{steps}` lower-cased, with
-    `-interval{start:.2f}-cfg{scale:.2f}-shift{shift:.2f}` when cfg_scale > 1.
+    `-interval{start:.2f}-cfg{scale:.2f}-shift{shift:.2f}` when cfg_scale > 1; the other suffixes
+    name the settings that differ from the schema defaults (the reference's behaviour).
     """
-    s = cfg.sample
+    s, ref = cfg.sample, SampleConfig()
     ckpt = Path(cfg.ckpt_path).stem if cfg.ckpt_path else "none"
     name = f"{cfg.model.model_type.replace('/', '-')}-ckpt-{ckpt}-{s.sampling_method}-{s.num_sampling_steps}".lower()
     if s.cfg_scale > 1.0:
         name += f"-interval{s.cfg_interval_start:.2f}-cfg{s.cfg_scale:.2f}-shift{s.timestep_shift:.2f}"
-    if s.mode != "ODE":
+    if s.mode != ref.mode:
         name += f"-{s.mode.lower()}"
-    if s.cfg_channels != "3" and s.cfg_scale > 1.0:
+    if s.cfg_channels != ref.cfg_channels and s.cfg_scale > 1.0:
         name += f"-cfgch{s.cfg_channels}"
-    if s.label_mode != "uniform":
+    if s.label_mode != ref.label_mode:
         name += f"-{s.label_mode}"
-    if s.precision != "fp32":
+    if s.precision != ref.precision:
         name += f"-{s.precision}"
-    if cfg.train.global_seed != 0:
+    if cfg.train.global_seed != TrainConfig().global_seed:
         name += f"-seed{cfg.train.global_seed}"
     return name
 
@@ -137,6 +147,39 @@ def save_png(image: np.ndarray, path: Path) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
 
 
+class PNGWriter:
+    """Writes a batch's PNGs on background threads while the next batch samples (encoding one
+    256 px PNG took 124 ms on a loaded 2-core VM: for a GPU that samples tens of images per
+    second this is as long as the sampling itself). At most one batch
+    is in flight: `submit` first waits for the previous one, so memory stays bounded and a write
+    error surfaces at the next batch (or at `close`)."""
+
+    def __init__(self, workers: int = 2):
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="png")
+        self.pending: List[Future] = []
+
+    def submit(self, images: Sequence[np.ndarray], paths: Sequence[Path]) -> None:
+        self.wait()
+        self.pending = [self.pool.submit(save_png, image, path) for image, path in zip(images, paths)]
+
+    def wait(self) -> None:
+        pending, self.pending = self.pending, []
+        for future in pending:
+            future.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self.pool.shutdown(wait=True)
+
+    def __enter__(self) -> "PNGWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def load_model(cfg, device: torch.device) -> torch.nn.Module:
     from models.checkpoint import load_lightningdit_checkpoint
 
@@ -144,10 +187,26 @@ def load_model(cfg, device: torch.device) -> torch.nn.Module:
         raise ValueError("ckpt_path is not set (top-level config key; e.g. ckpt_path=output/EXP/checkpoints/0080000.pt)")
     model = build_model(cfg, training=False)
     load_lightningdit_checkpoint(cfg.ckpt_path, model, prefer_ema=True)  # strict, EMA preferred
-    return model.to(device).eval()
+    model = model.to(device).eval()
+    if should_compile(cfg, device):  # model.compile: auto compiles on CUDA (as the reference)
+        model.compile_blocks()
+    return model
 
 
-def protocol(cfg, world_size: int, device: torch.device) -> dict:
+def input_digests(model: torch.nn.Module, decoder) -> dict:
+    """Content hashes of what the images are made from (utils/digest.py): the weights actually
+    loaded into the model, the tokenizer's weights and the latent stats (None when unused)."""
+    vae = getattr(decoder.vae, "model", decoder.vae)
+    return {
+        "ckpt_sha256": module_digest(model),
+        "vae_sha256": module_digest(vae) if isinstance(vae, torch.nn.Module) else None,
+        "latent_stats_sha256": tensors_digest({"mean": decoder.mean, "std": decoder.std})
+        if decoder.mean is not None else None,
+    }
+
+
+def protocol(cfg, world_size: int, device: torch.device, digests: Optional[dict] = None) -> dict:
+    """Every setting the samples depend on; `digests` (input_digests) binds them to the inputs."""
     s = cfg.sample
     ckpt = Path(cfg.ckpt_path)
     return {
@@ -163,23 +222,60 @@ def protocol(cfg, world_size: int, device: torch.device) -> dict:
         "vae": cfg.vae.config_path or cfg.vae.model_name,
         "world_size": world_size, "per_proc_batch_size": s.per_proc_batch_size,
         "torch_version": torch.__version__, "device": device.type,
+        **(digests or {}),
     }
 
 
 def check_protocol(path: Path, new: dict) -> None:
-    """Refuse to resume into a folder sampled with different settings."""
+    """Refuse to resume into a folder sampled with different settings or different inputs (by
+    content: weights and stats, not file names or sizes)."""
     if not path.is_file():
         return
     old = json.loads(path.read_text())
-    diff = [k for k in new if k not in _PROTOCOL_FREE and old.get(k) != new[k]]
+    changed = [k for k in _INPUT_DIGESTS if k in new and k in old and old[k] != new[k]]
+    if changed:
+        what = ", ".join(f"{_INPUT_DIGESTS[k]} ({_input_name(new, k)}: sha256 {str(old[k])[:12]} -> "
+                         f"{str(new[k])[:12]})" for k in changed)
+        raise ValueError(f"{path.parent}: changed since these samples were made: {what}; use another "
+                         "train.exp_name, or train.overwrite=true to move the old samples aside")
+    unverified = [k for k in _INPUT_DIGESTS if k in new and k not in old]
+    if unverified:
+        logger.warning("%s predates content hashes: %s not verified (only paths and sizes are compared)",
+                       path, ", ".join(_INPUT_DIGESTS[k] for k in unverified))
+    free = _PROTOCOL_FREE + (_PROTOCOL_LOCATION if "ckpt_sha256" in old else ()) + tuple(_INPUT_DIGESTS)
+    diff = [k for k in new if k not in free and old.get(k) != new[k]]
     if diff:
         raise ValueError(f"{path}: existing samples were made with different settings "
                          f"({', '.join(f'{k}: {old.get(k)!r} -> {new[k]!r}' for k in diff)}); "
-                         "use another train.exp_name or delete the folder")
+                         "use another train.exp_name, or train.overwrite=true to move the old samples aside")
     changed = [k for k in _PROTOCOL_FREE if old.get(k) != new[k]]
     if changed:
         logger.warning("resuming with changed %s: images already written stay, new ones may differ "
                        "in float rounding from an uninterrupted run", ", ".join(changed))
+
+
+def _input_name(proto: dict, key: str) -> str:
+    return {"ckpt_sha256": proto.get("ckpt_path"), "vae_sha256": proto.get("vae"),
+            "latent_stats_sha256": proto.get("latent_stats")}[key]
+
+
+def claim_sample_folder(cfg, folder: Path, proto: dict) -> None:
+    """Lock the folder, move it aside first with `train.overwrite`, refuse a protocol mismatch,
+    record the protocol (main process; training/rundir.py)."""
+    RunLock(folder).acquire()
+    try:
+        if cfg.train.overwrite and (folder / "protocol.json").is_file():
+            stamp = timestamp()
+            release_run_dir(folder)
+            for old in (folder, Path(f"{folder}.npz"), Path(f"{folder}_adm_eval.json")):
+                move_aside(old, stamp)
+            RunLock(folder).acquire()
+        check_protocol(folder / "protocol.json", proto)
+    except ValueError:
+        release_run_dir(folder)
+        raise
+    atomic_write_json(proto, folder / "protocol.json")
+    logger.info("sampling protocol: %s", json.dumps(proto))
 
 
 #################################################################################
@@ -236,12 +332,8 @@ def run_fid_sampling(cfg, args, rt, model, decoder) -> Path:
     s, seed = cfg.sample, cfg.train.global_seed
     exp_name = cfg.train.exp_name or cfg.model.model_type.replace("/", "-")
     folder = Path(cfg.train.output_dir) / exp_name / sample_folder_name(cfg)
-    proto = protocol(cfg, rt.world_size, rt.device)
-    if rt.is_main:
-        folder.mkdir(parents=True, exist_ok=True)
-        check_protocol(folder / "protocol.json", proto)
-        atomic_write_json(proto, folder / "protocol.json")
-        logger.info("sampling protocol: %s", json.dumps(proto))
+    proto = protocol(cfg, rt.world_size, rt.device, input_digests(model, decoder) if rt.is_main else None)
+    decide_on_main(rt.accelerator, lambda: claim_sample_folder(cfg, folder, proto))
     rt.accelerator.wait_for_everyone()
 
     total = s.fid_num
@@ -253,16 +345,16 @@ def run_fid_sampling(cfg, args, rt, model, decoder) -> Path:
                 total, folder, len(plan), s.per_proc_batch_size, rt.world_size, done_before)
     from tqdm import tqdm
     tic, written = time.time(), 0
-    for k, ids in enumerate(tqdm(plan, disable=not rt.is_main, desc="sampling", dynamic_ncols=True)):
-        if not ids or all((folder / f"{i:06d}.png").is_file() for i in ids):
-            continue
-        z = sample_noise(ids, (c, h, h), seed).to(rt.device)
-        y = sample_labels(ids, cfg.data.num_classes, seed, s.label_mode, total).to(rt.device)
-        with precision_context(cfg, rt.device):
-            x = sampler(z, y, sde_seed=derive_seed(seed, STREAM_SDE, ids[0]))
-        for i, image in zip(ids, decoder(x)):
-            save_png(image, folder / f"{i:06d}.png")
-        written += len(ids)
+    with PNGWriter() as writer:  # PNGs of batch k are written while batch k + 1 samples
+        for k, ids in enumerate(tqdm(plan, disable=not rt.is_main, desc="sampling", dynamic_ncols=True)):
+            if not ids or all((folder / f"{i:06d}.png").is_file() for i in ids):
+                continue
+            z = sample_noise(ids, (c, h, h), seed).to(rt.device)
+            y = sample_labels(ids, cfg.data.num_classes, seed, s.label_mode, total).to(rt.device)
+            with precision_context(cfg, rt.device):
+                x = sampler(z, y, sde_seed=derive_seed(seed, STREAM_SDE, ids[0]))
+            writer.submit(decoder(x), [folder / f"{i:06d}.png" for i in ids])
+            written += len(ids)
     elapsed = time.time() - tic
     logger.info("rank %d wrote %d images in %.1f s (%.2f images/s)%s", rt.rank, written, elapsed,
                 written / max(elapsed, 1e-9),
@@ -278,6 +370,7 @@ def run_fid_sampling(cfg, args, rt, model, decoder) -> Path:
         create_npz_from_sample_folder(str(folder), total)
         logger.info("saved %s (arr_0 %d images, arr_1 labels)", npz, total)
         fid_step(cfg, args, npz)
+        release_run_dir(folder)
     rt.accelerator.wait_for_everyone()
     return folder
 
@@ -304,6 +397,10 @@ def fid_step(cfg, args, npz: Path) -> None:
 def main(argv: Optional[List[str]] = None):
     cfg, args = parse_cli(argv, description="LightningDiT sampling: FID PNGs + .npz, or --demo grid.",
                           extra_args=add_args)
+    try:  # every named input, before any process group, network or output folder exists
+        check_sampling_inputs(cfg)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
     # The reference's seed rule: torch.manual_seed(global_seed * world_size + rank). Our images
     # use per-image generators on top of that (datasets/order.py).
     rt = setup_runtime(run_dir=None, seed=cfg.train.global_seed, name="inference")
@@ -328,4 +425,7 @@ def _sample(cfg, args, rt):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError, WriteError) as err:  # bad input, folder in use or made from
+        raise SystemExit(f"error: {err}") from None               # other inputs, disk full: one line

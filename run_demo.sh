@@ -18,6 +18,9 @@
 # Re-running continues where a previous run stopped (every stage resumes or skips finished work);
 # remove demo_output/ (or set DEMO_OUT) for a fresh run.
 set -euo pipefail
+if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then  # usage only: no venv, no output
+    sed -n '2,/^set -/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0
+fi
 cd "$(dirname "$0")"
 source tools/setup_venv.sh
 
@@ -67,8 +70,9 @@ GPUS_PER_NODE=2 bash run_extraction.sh --data-path "$OUT/toy/train" --output-pat
 stage_end
 
 stage_start lightningdit
+# train.resume=true: a re-run continues (or, when finished, keeps) the run instead of being refused
 bash run_train.sh configs/demo/lightningdit.yaml "${DIT_ARGS[@]}" train.max_steps="$DIT_STEPS" \
-    train.ckpt_every="$DIT_EVERY" train.log_every="$LOG_EVERY"
+    train.ckpt_every="$DIT_EVERY" train.log_every="$LOG_EVERY" train.resume=true
 stage_end
 
 stage_start grid

@@ -4,6 +4,10 @@
 # Usage: run_fid_eval.sh REF.npz SAMPLE.npz [--device cuda] [--inception-weights PATH] [...]
 # Weights: --inception-weights or $ADM_INCEPTION_WEIGHTS (pt_inception-2015-12-05-6726825d.pth).
 set -euo pipefail
+if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+    sed -n '2,/^set -/{/^#/s/^# \{0,1\}//p}' "$0"; echo
+    exec "${PYTHON:-python}" "$(dirname "$0")/tools/adm_evaluator.py" --help
+fi
 if [ "$#" -lt 2 ]; then
     echo "usage: $0 REF.npz SAMPLE.npz [extra tools/adm_evaluator.py args]" >&2
     exit 2

@@ -14,22 +14,34 @@ from __future__ import annotations
 from pathlib import Path
 from typing import List, Optional
 
-from configs.schema import parse_cli
-from tokenizer.train_config import TokenizerTrainConfig, validate_train_config
+from configs.schema import attribute_to_override, parse_cli
+from tokenizer.train_config import TokenizerTrainConfig, resolve_train_config
+from training.checkpoints import CheckpointError
+from training.rundir import RunDirError
+from training.inputs import check_tokenizer_training_inputs
+from training.metrics import trackers
 from training.vavae import train
+from utils.fileio import WriteError
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     cfg, args = parse_cli(argv, description=__doc__.splitlines()[0], schema=TokenizerTrainConfig)
     config_path = args.config_opt or args.config_pos
     try:
-        validate_train_config(cfg, config_path or "config")
+        cfg = resolve_train_config(cfg, config_path or "config")
     except ValueError as err:
+        raise SystemExit(f"error: {attribute_to_override(err, config_path, args.overrides)}") from None
+    try:  # the named files and the trackers' packages, before the run directory exists
+        check_tokenizer_training_inputs(cfg)
+        trackers(cfg.train.report_to)
+    except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     exp_name = cfg.train.exp_name or (Path(config_path).stem if config_path else "vavae")
     try:
         train(cfg, Path(cfg.train.output_dir) / exp_name)
-    except FileNotFoundError as err:  # missing weights / data: the message says what to get
+    except (FileNotFoundError, RunDirError, CheckpointError, WriteError) as err:
+        # missing weights / data, a run directory owned by another run, no readable checkpoint,
+        # a full disk: the message names the file and what to do
         raise SystemExit(f"error: {err}") from None
 
 

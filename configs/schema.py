@@ -1,6 +1,6 @@
 """The one configuration schema for LightningDiT training, sampling and evaluation.
 
-Every key the authors' YAML files use (hustvl/LightningDiT `configs/*.yaml`, REFERENCE.md §3.2
+Every key the authors' YAML files use (hustvl/LightningDiT `configs/*.yaml`, docs/reference_behaviour.md §3.2
 and §8) is declared here once, with its type and the reference default. Keys the reference read
 without a default (it would crash when they were absent) default to the released value. Keys
 that the reference lacks are marked "ours" and default to the reference behaviour.
@@ -11,12 +11,42 @@ one-line `ValueError` naming the file and key on unknown keys or values of the w
 from __future__ import annotations
 
 import argparse
+import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence, Type
+from typing import Any, ClassVar, Dict, List, Mapping, NamedTuple, Optional, Sequence, Type
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from datasets.order import LABEL_MODES
+from models.lightningdit import LightningDiT_models
+from transport import LOSS_WEIGHTS, PATH_TYPES, PREDICTIONS
+from transport.integrators import LAST_STEPS, ODE_METHODS, SDE_METHODS
+from transport.path import DIFFUSION_FORMS
+
+logger = logging.getLogger(__name__)
+
+# The authors' train.py / inference.py defaults when a YAML omits the key (docs/reference_behaviour.md
+# §3.2, §7.1). Their classes default differently, LightningDiT(in_channels=32) (§1.2) and
+# ImgLatentDataset(latent_norm=True, latent_multiplier=1.0) (§4.4); those signatures stay as the
+# authors wrote them, and every caller here passes the config value, so these are the ones that
+# apply (§9.2). The released YAMLs set all three (32, true, 1.0).
+SCRIPT_IN_CHANS = 4
+SCRIPT_LATENT_NORM = False
+SCRIPT_LATENT_MULTIPLIER = 0.18215
+
+# Keys accepted only so that the authors' YAMLs load unchanged; nothing here reads them. A load
+# logs "ignored: key=value (why)" for each one set to a value other than its schema default.
+COMPAT_KEYS: Dict[str, str] = {
+    "train.ckpt": "the authors' train.py never reads it either; resume with train.resume=true",
+    "train.use_checkpoint": "the authors' train.py only prints it; model.use_checkpoint turns on "
+                            "gradient checkpointing",
+    "sample.likelihood": "the authors' inference.py never reads it; likelihoods come from "
+                         "transport.Sampler.sample_ode_likelihood",
+}
 
 
 @dataclass
@@ -26,9 +56,8 @@ class DataConfig:
     image_size: int = 256
     num_classes: int = 1000
     num_workers: int = 8
-    latent_norm: bool = False                    # reference default when absent; released YAMLs set true
-    # train.py/inference.py default when absent (REFERENCE §9.2); the released YAMLs set 1.0.
-    latent_multiplier: float = 0.18215
+    latent_norm: bool = SCRIPT_LATENT_NORM
+    latent_multiplier: float = SCRIPT_LATENT_MULTIPLIER
     valid_path: Optional[str] = None             # held-out latent dir for validation loss (ours: works)
 
 
@@ -47,11 +76,12 @@ class ModelConfig:
     use_rope: bool = False
     use_rmsnorm: bool = False
     wo_shift: bool = False
-    in_chans: int = 4                            # reference default when absent; released YAMLs set 32
+    in_chans: int = SCRIPT_IN_CHANS
     use_checkpoint: bool = False                 # gradient checkpointing (the key the reference reads)
     learn_sigma: bool = False
     class_dropout_prob: float = 0.1              # ours: the reference always uses the constructor default
-    compile: bool = False                        # ours: torch.compile the blocks (speed only)
+    # ours: torch.compile the blocks (speed only): true | false | auto (CUDA yes, CPU no; models.build.should_compile)
+    compile: Any = "auto"
     # ours: override the registry size of model_type (tiny CPU configs); None = registry value
     hidden_size: Optional[int] = None
     depth: Optional[int] = None
@@ -66,16 +96,30 @@ class TrainConfig:
     global_seed: int = 0                         # ours: seeds training too (the reference did not)
     output_dir: str = "output"
     exp_name: Optional[str] = None               # None -> "{index:03d}-{model type}" (fixed upstream bug)
-    ckpt: Optional[str] = None                   # unused by the reference; kept for compatibility
+    ckpt: Optional[str] = None                   # COMPAT_KEYS
     log_every: int = 100
     ckpt_every: int = 20000
     resume: bool = False
-    use_checkpoint: bool = True                  # reference: only logged; model.use_checkpoint acts
+    # ours: start over in an existing run directory (old checkpoints and logs are moved aside to
+    # `NAME.old-<timestamp>`, never deleted); without it or `resume`, an existing run is an error
+    overwrite: bool = False
+    allow_config_change: bool = False            # ours: resume although run-changing keys differ
+    use_checkpoint: bool = True                  # COMPAT_KEYS
     weight_init: Optional[str] = None            # warm start checkpoint (shape-mismatch rule, §3.7)
     ema_decay: float = 0.9999                    # ours: named; reference constant
     keep_last_n: Optional[int] = None            # ours: delete older checkpoints
     valid_every: Optional[int] = None            # ours: validation loss interval (needs data.valid_path)
     num_valid_batches: int = 8                   # ours
+    # ours: per-process micro-batch; None = global batch / processes (the reference, no accumulation).
+    # Accumulation steps = global_batch_size / (processes * micro_batch_size).
+    micro_batch_size: Optional[int] = None
+    eval_every: Optional[int] = None             # ours: sample + FID with the EMA model every N steps
+    eval_num: int = 1000                         # ours: images per evaluation (fixed seeds, class-balanced)
+    eval_steps: int = 50                         # ours: Euler steps of the evaluation sampler
+    eval_cfg_scale: float = 1.0                  # ours: guidance of the evaluation sampler (1 = none)
+    eval_batch_size: int = 32                    # ours: per-process sampling batch of the evaluation
+    report_to: str = "tensorboard"               # ours: tensorboard | wandb | all | none (JSONL always)
+    spike_factor: Optional[float] = 3.0          # ours: warn when a window loss > k x running median
 
 
 @dataclass
@@ -95,6 +139,11 @@ class TransportConfig:
     use_cosine_loss: bool = False
     use_lognorm: bool = False
     lognorm_until_step: Optional[int] = None     # ours: 800-epoch recipe switches lognorm off at 600k
+    # ours: rectified_flow (the keys above) | ddpm (DiT's baseline, Table 1 row 0: linear betas,
+    # eps + learned sigma with model.learn_sigma, MSE + L_vb; sampled with the ancestral chain
+    # respaced to sample.num_sampling_steps; the path/prediction/eps/lognorm keys are unused)
+    objective: str = "rectified_flow"
+    diffusion_steps: int = 1000                  # ours: DDPM chain length T (objective ddpm)
 
 
 @dataclass
@@ -104,14 +153,14 @@ class SampleConfig:
     atol: float = 1e-6
     rtol: float = 1e-3
     reverse: bool = False
-    likelihood: bool = False
+    likelihood: bool = False                     # COMPAT_KEYS
     num_sampling_steps: int = 250
     per_proc_batch_size: int = 4
     fid_num: int = 50000
     cfg_scale: float = 1.0
     cfg_interval_start: float = 0.0
     timestep_shift: float = 0.0
-    # ours: guided channels. "3" = the reference's quirk (REFERENCE §1.10, the published FIDs);
+    # ours: guided channels. "3" = the reference's quirk (docs/reference_behaviour.md §1.10, the published FIDs);
     # "all" = guidance on every latent channel.
     cfg_channels: str = "3"
     label_mode: str = "uniform"                  # ours: uniform (reference) | balanced (fid_num/classes each)
@@ -133,15 +182,30 @@ class LightningDiTConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    compat_keys: ClassVar[Mapping[str, str]] = COMPAT_KEYS
 
 
+REPORT_TO = ("tensorboard", "wandb", "all", "none")  # train.report_to
+
+SAMPLING_METHODS = {"ODE": ODE_METHODS, "SDE": SDE_METHODS}   # sample.mode -> sample.sampling_method
+SAMPLE_PRECISIONS = ("fp32", "bf16")                          # sample.precision (inference.py)
+
+# Allowed values, from the registries that implement them where one exists (checked at load, so a
+# typo fails before any model is built; membership is tested at load time, so registry additions
+# are accepted).
 _CHOICES = {
-    "transport.path_type": ("Linear", "GVP", "VP"),
-    "transport.prediction": ("velocity", "noise", "score"),
-    "transport.loss_weight": (None, "velocity", "likelihood"),
-    "sample.mode": ("ODE", "SDE"),
-    "sample.label_mode": ("uniform", "balanced"),
-    "sample.precision": ("fp32", "bf16"),
+    "model.model_type": LightningDiT_models,
+    "transport.path_type": PATH_TYPES,
+    "transport.prediction": PREDICTIONS,
+    "transport.loss_weight": LOSS_WEIGHTS,
+    "transport.objective": ("rectified_flow", "ddpm"),
+    "sample.mode": SAMPLING_METHODS,
+    "sample.label_mode": LABEL_MODES,
+    "sample.precision": SAMPLE_PRECISIONS,
+    "sample.diffusion_form": DIFFUSION_FORMS,
+    "sample.last_step": LAST_STEPS,
+    "model.compile": (True, False, "auto"),
+    "train.report_to": REPORT_TO,
 }
 
 
@@ -150,13 +214,83 @@ def _validate(cfg: DictConfig, source: str) -> None:
     for key, allowed in _CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in allowed:
-            raise ValueError(f"{source}: bad value for '{key}': {value!r} (expected one of {allowed})")
+            raise ValueError(f"{source}: bad value for '{key}': {value!r} (expected one of {tuple(allowed)})")
+    methods = SAMPLING_METHODS[cfg.sample.mode]
+    if cfg.sample.sampling_method not in methods:
+        raise ValueError(f"{source}: bad value for 'sample.sampling_method': {cfg.sample.sampling_method!r} "
+                         f"(sample.mode={cfg.sample.mode} expects one of {tuple(methods)})")
     channels = cfg.sample.cfg_channels
     if channels != "all" and not (channels.isdigit() and int(channels) > 0):
         raise ValueError(f"{source}: bad value for 'sample.cfg_channels': {channels!r} "
                          "(expected a positive integer or 'all')")
     if cfg.train.global_batch_size <= 0:
         raise ValueError(f"{source}: 'train.global_batch_size' must be positive, got {cfg.train.global_batch_size}")
+
+
+class Range(NamedTuple):
+    """Allowed interval of a numeric key; `None` bounds are open-ended."""
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False          # True: value must be > low (else >= low)
+    high_open: bool = False         # True: value must be < high (else <= high)
+
+    def holds(self, value: float) -> bool:
+        if value != value:          # NaN
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+POSITIVE, NON_NEGATIVE, UNIT = Range(0, low_open=True), Range(0), Range(0.0, 1.0)
+# Range checks at load (None = an optional key left unset: not checked).
+_RANGES = {
+    "data.image_size": POSITIVE, "data.num_classes": POSITIVE, "data.num_workers": NON_NEGATIVE,
+    "data.latent_multiplier": POSITIVE, "vae.downsample_ratio": POSITIVE,
+    "model.in_chans": POSITIVE, "model.class_dropout_prob": UNIT, "model.hidden_size": POSITIVE,
+    "model.depth": POSITIVE, "model.num_heads": POSITIVE, "model.patch_size": POSITIVE,
+    "train.max_steps": NON_NEGATIVE, "train.global_batch_size": POSITIVE,
+    "train.global_seed": NON_NEGATIVE, "train.log_every": POSITIVE, "train.ckpt_every": POSITIVE,
+    "train.ema_decay": UNIT, "train.keep_last_n": POSITIVE, "train.valid_every": POSITIVE,
+    "train.num_valid_batches": POSITIVE,
+    "train.micro_batch_size": POSITIVE, "train.eval_every": POSITIVE, "train.eval_num": POSITIVE,
+    "train.eval_steps": POSITIVE, "train.eval_cfg_scale": NON_NEGATIVE, "train.eval_batch_size": POSITIVE,
+    "train.spike_factor": Range(1.0, low_open=True),
+    "optimizer.lr": POSITIVE, "optimizer.beta2": Range(0.0, 1.0, high_open=True),
+    "optimizer.max_grad_norm": POSITIVE,
+    "transport.sample_eps": Range(0.0, 1.0, high_open=True),
+    "transport.train_eps": Range(0.0, 1.0, high_open=True),
+    "transport.lognorm_until_step": NON_NEGATIVE, "transport.diffusion_steps": Range(2),
+    "sample.atol": POSITIVE, "sample.rtol": POSITIVE, "sample.num_sampling_steps": POSITIVE,
+    "sample.per_proc_batch_size": POSITIVE, "sample.fid_num": POSITIVE, "sample.cfg_scale": NON_NEGATIVE,
+    "sample.cfg_interval_start": UNIT, "sample.timestep_shift": NON_NEGATIVE,
+    "sample.diffusion_norm": NON_NEGATIVE, "sample.last_step_size": Range(0.0, 1.0, True, True),
+}
+
+
+def check_ranges(cfg: DictConfig, ranges: Dict[str, Range], source: str) -> None:
+    """One-line ValueError for the first numeric key of `ranges` whose value is outside its range."""
+    for key, allowed in ranges.items():
+        value = OmegaConf.select(cfg, key)
+        if value is not None and not isinstance(value, bool) and not allowed.holds(value):
+            raise ValueError(f"{source}: bad value for '{key}': {value!r} (must be {allowed})")
+
+
+def attribute_to_override(err: ValueError, path: Optional[str], overrides: Sequence[str]) -> ValueError:
+    """Re-attribute a validation error about key K to the override that set K, if any."""
+    text = str(err)
+    match = re.search(r"'([\w.]+)'", text)
+    if match:
+        for item in reversed(list(overrides)):
+            if item.split("=", 1)[0].strip() == match.group(1):
+                prefix = f"{path}: " if path else "config: "
+                return ValueError(f"override '{item}': {text[len(prefix):] if text.startswith(prefix) else text}")
+    return err
 
 
 def _first_line(text: str) -> str:
@@ -169,6 +303,23 @@ def cfg_channels_value(cfg: DictConfig) -> Optional[int]:
     return None if channels == "all" else int(channels)
 
 
+def _load_yaml(path: str) -> DictConfig:
+    """A YAML config file as a mapping; an empty, unparsable or non-mapping file is a ValueError."""
+    try:
+        data = OmegaConf.load(path)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ValueError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    except (UnicodeDecodeError, IsADirectoryError) as err:
+        raise ValueError(f"{path}: not a YAML text file ({type(err).__name__})") from None
+    if not isinstance(data, DictConfig):
+        raise ValueError(f"{path}: expected a YAML mapping (key: value), got a list")
+    if len(data) == 0:
+        raise ValueError(f"{path}: empty config file")
+    return data
+
+
 def load_config(path: Optional[str], overrides: Sequence[str] = (),
                 schema: Type = LightningDiTConfig) -> DictConfig:
     """Load `path` (YAML) onto `schema`, apply `key=value` overrides, and validate.
@@ -178,9 +329,11 @@ def load_config(path: Optional[str], overrides: Sequence[str] = (),
     cfg = OmegaConf.structured(schema)
     sources: List[tuple] = []
     if path is not None:
+        if Path(path).is_dir():
+            raise ValueError(f"{path}: is a directory, not a YAML config file")
         if not Path(path).is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        sources.append((str(path), OmegaConf.load(path)))
+        sources.append((str(path), _load_yaml(path)))
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override '{item}' is not of the form key=value")
@@ -195,9 +348,23 @@ def load_config(path: Optional[str], overrides: Sequence[str] = (),
         except OmegaConfBaseException as err:
             raise ValueError(f"{source}: {_first_line(err.msg)}") from None
     if schema is LightningDiTConfig:
-        _validate(cfg, str(path) if path else "config")
+        try:
+            _validate(cfg, str(path) if path else "config")
+            check_ranges(cfg, _RANGES, str(path) if path else "config")
+        except ValueError as err:
+            raise attribute_to_override(err, path, overrides) from None
+    _log_ignored_keys(cfg, schema)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def _log_ignored_keys(cfg: DictConfig, schema: Type) -> None:
+    """Log each of `schema.compat_keys` that is set to a value other than its schema default."""
+    defaults = OmegaConf.structured(schema)
+    for key, why in getattr(schema, "compat_keys", {}).items():
+        value = OmegaConf.select(cfg, key)
+        if value != OmegaConf.select(defaults, key):
+            logger.warning("ignored: %s=%s (%s)", key, value, why)
 
 
 def parse_cli(argv: Optional[Sequence[str]] = None, description: str = "",
@@ -219,6 +386,9 @@ def parse_cli(argv: Optional[Sequence[str]] = None, description: str = "",
     if args.config_opt and args.config_pos:
         # `--config X a=b`: argparse puts the first override into config_pos
         overrides.insert(0, args.config_pos)
+    if config is None:
+        raise SystemExit(f"error: no config file given (usage: {parser.prog} CONFIG [key=value ...]; "
+                         f"e.g. {'configs/tiny/lightningdit_tiny.yaml' if schema is LightningDiTConfig else 'configs/tokenizer/tiny_cpu.yaml'})")
     if config is not None and "=" in config and not Path(config).exists():
         raise SystemExit(f"error: expected a config file before overrides, got '{config}'")
     try:

@@ -1,7 +1,7 @@
 """ImageFolder with the ADM preprocessing, tolerant of unreadable images.
 
 Class indices and sample order are torchvision `ImageFolder`'s (sorted class folders, sorted
-files), as the reference extraction (REFERENCE.md 4.2). Images go through `adm_transform`
+files), as the reference extraction (docs/reference_behaviour.md §4.2). Images go through `adm_transform`
 (centre crop, optional flip, [-1, 1]). A file that cannot be decoded (corrupt, truncated, not an
 image) does not stop a 1.28M-image run: the item comes back with `image=None`, a warning names
 the path, and `collate_skip_bad` drops it from the batch and reports its index so the caller can

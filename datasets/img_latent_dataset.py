@@ -1,6 +1,6 @@
 """Pre-extracted latents in the released shard format, and their channel statistics.
 
-Follows the reference `datasets/img_latent_dataset.py` (REFERENCE.md 4.3-4.4). A latent directory
+Follows the reference `datasets/img_latent_dataset.py` (docs/reference_behaviour.md §4.3-4.4). A latent directory
 holds `latents_rank{RR:02d}_shard{SSS:03d}.safetensors` files, each with
     latents       float32 (n, C, H, W)   posterior sample of the image
     latents_flip  float32 (n, C, H, W)   posterior sample of its horizontal flip
@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset
 
-from utils.fileio import atomic_torch_save
+from utils.fileio import atomic_torch_save, require_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def compute_latent_stats(data_dir: PathLike, num_samples: int = STATS_NUM_SAMPLE
                          seed: int = 0) -> Dict[str, torch.Tensor]:
     """Per-channel mean and unbiased std of `num_samples` random unflipped latents.
 
-    The reference's definition (REFERENCE 4.4): min(num_samples, N) images drawn without
+    The reference's definition (docs/reference_behaviour.md §4.4): min(num_samples, N) images drawn without
     replacement, `latents` only (never the flips), mean and `torch.std` (N - 1) over (N, H, W).
     Ours is seeded (torch generator) and accumulates in float64. Returns float32 (1, C, 1, 1).
     """
@@ -175,14 +175,56 @@ def load_latent_stats(data_dir: PathLike) -> Tuple[torch.Tensor, torch.Tensor]:
             f"latent statistics not found: {path}. Download the released latents_stats.pt, or "
             f"run extract_features.py (or `extract_features.py --stats-only --output-path "
             f"{data_dir}`) to compute them from the shards")
-    stats = torch.load(path, map_location="cpu", weights_only=True)
+    require_torch_file(path, "PyTorch stats file (torch.save of {'mean', 'std'})")
+    try:
+        stats = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, pickle of non-tensor objects, ...
+        raise ValueError(f"{path}: unreadable stats file ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''})") from None
     if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
         raise ValueError(f"{path}: expected a dict with 'mean' and 'std'")
+    if not all(isinstance(stats[k], torch.Tensor) for k in ("mean", "std")):
+        raise ValueError(f"{path}: 'mean' and 'std' must be tensors")
     mean, std = stats["mean"].float(), stats["std"].float()
-    if mean.dim() != 4 or mean.shape != std.shape or mean.shape[0] != 1:
+    if mean.dim() != 4 or mean.shape != std.shape or mean.shape[0] != 1 or mean.shape[2:] != (1, 1):
         raise ValueError(f"{path}: mean/std shapes {tuple(mean.shape)}/{tuple(std.shape)}, "
                          "expected (1, C, 1, 1)")
+    if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
+        raise ValueError(f"{path}: mean/std contain NaN or inf")
+    if not (std > 0).all():
+        raise ValueError(f"{path}: std must be positive in every channel, got min {std.min().item():.3g}")
     return mean, std
+
+
+def validate_latents(data_dir: PathLike, in_chans: int, latent_grid: int, num_classes: int,
+                     latent_norm: bool) -> LatentShards:
+    """Check a training latent directory against the model before anything is written or built.
+
+    Shards readable with the right keys/dtypes (LatentShards), at least one latent, latent shape
+    (in_chans, latent_grid, latent_grid), every label in [0, num_classes), and with `latent_norm`
+    finite stats with positive std and the same channel count. One-line ValueError naming the file.
+    """
+    shards = LatentShards(data_dir)
+    if len(shards) == 0:
+        raise ValueError(f"{shards.data_dir}: the latent shards hold no latents (every shard is empty)")
+    expected = (in_chans, latent_grid, latent_grid)
+    if tuple(shards.latent_shape) != expected:
+        raise ValueError(f"{shards.files[0]}: latent shape {tuple(shards.latent_shape)} does not match the "
+                         f"model's {expected} (model.in_chans, data.image_size // vae.downsample_ratio)")
+    for f, path in enumerate(shards.files):
+        if shards.counts[f] == 0:
+            continue
+        labels = shards.handle(f).get_tensor("labels")
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= num_classes:
+            raise ValueError(f"{path}: labels in [{low}, {high}] outside [0, {num_classes}) "
+                             "(data.num_classes)")
+    if latent_norm:
+        mean, _ = load_latent_stats(data_dir)
+        if mean.shape[1] != in_chans:
+            raise ValueError(f"{Path(data_dir) / STATS_FILE}: stats have {mean.shape[1]} channels, "
+                             f"latents have {in_chans}")
+    return shards
 
 
 # ------------------------------------------------------------------------------------------------

@@ -113,6 +113,7 @@ def step_noise(transport, seed: int, step: int, shape: Sequence[int], rank: int,
 
 # Sampling: image i's noise and label from (seed, i) alone.
 STREAM_SAMPLE, STREAM_BALANCED, STREAM_SDE, STREAM_DEMO = 21, 22, 23, 24
+LABEL_MODES = ("uniform", "balanced")    # `sample.label_mode` (configs/schema.py validates against it)
 
 
 def image_label_seed(seed: int, index: int) -> int:
@@ -137,7 +138,7 @@ def sample_labels(indices: Sequence[int], num_classes: int, seed: int, label_mod
         g = torch.Generator().manual_seed(derive_seed(seed, STREAM_BALANCED, total, num_classes))
         labels = (torch.arange(total) % num_classes)[torch.randperm(total, generator=g)]
         return labels[torch.as_tensor(list(indices), dtype=torch.long)]
-    raise ValueError(f"unknown sample.label_mode {label_mode!r} (expected 'uniform' or 'balanced')")
+    raise ValueError(f"unknown sample.label_mode {label_mode!r} (expected one of {LABEL_MODES})")
 
 
 def sample_noise(indices: Sequence[int], shape: Sequence[int], seed: int,
@@ -149,7 +150,7 @@ def sample_noise(indices: Sequence[int], shape: Sequence[int], seed: int,
 
 
 def work_plan(total: int, per_proc_batch: int, world_size: int, rank: int) -> List[List[int]]:
-    """Image indices of this rank per iteration, in the reference's order (REFERENCE 7.1):
+    """Image indices of this rank per iteration, in the reference's order (docs/reference_behaviour.md §7.1):
     iteration k covers the global slice [k*n*w, (k+1)*n*w) and rank r takes every w-th index
     from r, i.e. index = k*n*w + j*w + r for j < n. Indices >= total are dropped (exactly
     `total` images are written; the reference rounded up to a multiple of n*w)."""

@@ -3,7 +3,7 @@ smoke runs of train.py / inference.py (no images, no tokenizer needed).
 
 Each class c has a fixed random pattern P_c (C, H, W); item i of class c stores
 `latents = P_c + 0.5 * noise` and `latents_flip = flip_W(P_c) + 0.5 * noise'`, so a model can
-learn something class-dependent within a few hundred steps. Files follow REFERENCE.md 4.3:
+learn something class-dependent within a few hundred steps. Files follow docs/reference_behaviour.md §4.3:
 `latents_rank00_shard{SSS}.safetensors` (latents, latents_flip float32, labels int64) plus
 `latents_stats.pt` computed by `datasets.img_latent_dataset.compute_latent_stats`.
 

@@ -28,7 +28,7 @@ def center_crop_arr(pil_image: Image.Image, image_size: int) -> Image.Image:
 
 
 def adm_transform(image_size: int, p_hflip: float = 0.0) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL RGB image -> (3, image_size, image_size) float32 tensor in [-1, 1] (REFERENCE 4.2).
+    """PIL RGB image -> (3, image_size, image_size) float32 tensor in [-1, 1] (docs/reference_behaviour.md §4.2).
 
     ADM centre crop, RandomHorizontalFlip(p_hflip) (torch RNG), ToTensor, Normalize(0.5, 0.5):
     the pipeline of the reference's `VA_VAE.img_transform`.

@@ -1,7 +1,7 @@
 """ADM's metrics (FID, sFID, Inception Score, Precision, Recall) from Inception activations.
 
 Follows openai/guided-diffusion `evaluations/evaluator.py` (commit 22e0df8), specified in
-ADM_EVAL.md; every "[changes the number]" item there is reproduced here:
+docs/adm_evaluation.md; every "[changes the number]" item there is reproduced here:
 
 - statistics: float32 mean, float64 unbiased covariance of float32 activations (section 5);
 - Frechet distance: sqrtm(sigma_sample @ sigma_ref), eps-offset retry when non-finite, imaginary
@@ -79,7 +79,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     `mu1 - mu2` keeps the inputs' dtype (float32 for ADM statistics), as ADM does.
     method: "sqrtm" (default) is ADM's computation with its safeguards; "eigh" takes the trace as
     sum(sqrt(eig(sqrt(s2) s1 sqrt(s2)))), a symmetric PSD form that needs no retry and is several
-    times faster at 2048-d; it agrees with "sqrtm" to ~1e-8 relative (ADM_EVAL.md section 5).
+    times faster at 2048-d; it agrees with "sqrtm" to ~1e-8 relative (docs/adm_evaluation.md §5).
     """
     if method not in ("sqrtm", "eigh"):
         raise ValueError(f"method must be 'sqrtm' or 'eigh', got {method!r}")

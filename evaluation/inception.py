@@ -1,6 +1,6 @@
 """The 2015 FID Inception network as ADM's evaluator uses it, in PyTorch.
 
-Follows guided-diffusion's `evaluations/evaluator.py` (spec: ADM_EVAL.md sections 3-4). The network
+Follows guided-diffusion's `evaluations/evaluator.py` (spec: docs/adm_evaluation.md §3-4). The network
 definition is torch-fidelity's `inception-v3-compat` port of `inception-2015-12-05` (TF-style
 pooling patches); this file only adds what ADM reads from the graph:
 
@@ -33,6 +33,8 @@ import torch.nn as nn
 from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from tqdm import tqdm
+
+from utils.fileio import require_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +69,7 @@ def tf1_resize_bilinear(x: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor
 
     Source coordinate of output pixel d is `d * in / out` (no half-pixel offset), its floor and the
     next pixel (clamped to the edge) are blended linearly. This is the resize inside ADM's Inception
-    graph (ADM_EVAL.md section 3); torch-fidelity implements it bit-exactly on CPU.
+    graph (docs/adm_evaluation.md §3); torch-fidelity implements it bit-exactly on CPU.
     """
     return interpolate_bilinear_2d_like_tensorflow1x(x, size=(size, size), align_corners=False, method="slow")
 
@@ -127,12 +129,13 @@ class InceptionFeatureExtractor(nn.Module):
             self.weights_path = None
         else:
             self.weights_path = resolve_weights_path(weights_path)
+            require_torch_file(self.weights_path, "PyTorch Inception weights file")
             state_dict = torch.load(self.weights_path, map_location="cpu", weights_only=True)
             self.net.load_state_dict(state_dict, strict=True)
             logger.info("loaded Inception weights from %s", self.weights_path)
         self.net.requires_grad_(False).eval()
         self._spatial = None
-        # mixed_6/conv:0 is Mixed_6d's 1x1 branch after BN + ReLU (ADM_EVAL.md section 4).
+        # mixed_6/conv:0 is Mixed_6d's 1x1 branch after BN + ReLU (docs/adm_evaluation.md §4).
         self.net.Mixed_6d.branch1x1.register_forward_hook(self._grab_spatial)
         self.device = torch.device(device)
         self.to(self.device)

@@ -171,14 +171,16 @@ class NpzArrayReader:
                 yield batch
 
 
-def read_batch_images(path: str) -> NpzArrayReader:
-    """The `arr_0` images of an ADM batch; they must be uint8 (N, H, W, 3) in 0..255.
+def read_batch_images(path: str, any_dtype: bool = False) -> NpzArrayReader:
+    """The `arr_0` images of an ADM batch; they must be uint8 (N, H, W, 3) in 0..255 (only the
+    header is read here).
 
     ADM casts any dtype to float32 silently (a [0, 1] float batch gives meaningless numbers); we
-    refuse anything but uint8 instead.
+    refuse anything but uint8 instead, unless `any_dtype` (the evaluator's --allow-mismatch).
     """
     reader = NpzArrayReader(path, "arr_0")
-    if reader.shape is not None and (reader.dtype != np.uint8 or len(reader.shape) != 4 or reader.shape[-1] != 3):
+    if reader.shape is not None and ((reader.dtype != np.uint8 and not any_dtype) or len(reader.shape) != 4
+                                     or reader.shape[-1] != 3):
         raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 3) images in 0..255, "
                          f"got {reader.dtype} {reader.shape}")
     return reader

@@ -1,8 +1,8 @@
 """Scaled dot-product attention with a fast, flash-accurate bf16 path on CPU.
 
-GPUs use F.scaled_dot_product_attention (flash / memory-efficient kernels). On CPU, torch's bf16
-flash kernel is slow (its backward especially), and the obvious replacement, bf16 matmuls plus a
-softmax, rounds every attention logit to bf16: with logits of a few units that is an absolute
+GPUs use F.scaled_dot_product_attention (flash / memory-efficient kernels; the kernel path is
+chosen in models/kernels.py). On CPU, torch's bf16 flash kernel is slow (its backward
+especially), and the obvious replacement, bf16 matmuls plus a softmax, rounds every attention logit to bf16: with logits of a few units that is an absolute
 error of ~1e-2 in the exponent, and the output error grows with the logit scale.
 
 `ShiftedBF16Attention` keeps the speed of bf16 matmuls and the accuracy of flash attention, which
@@ -16,7 +16,7 @@ subtraction, so the logits that matter (q.k - m near 0) keep float32-level preci
 pass uses the same trick for dP - D, with D = rowsum(dO * O) split into two bf16 parts
 (hi + lo) so that it enters the contraction with ~16 significant bits. Errors against float32
 attention are within ~1.5x of torch's flash kernel at every logit scale (tests/models/
-test_attention.py), and the forward + backward is ~2x faster than it on this CPU.
+test_attention.py); its speed against that kernel is in the README's benchmark table.
 
 RoPE on q and k is fused into the same kernel: the rotation is computed in float32 (as the
 reference's x*cos + rotate_half(x)*sin under autocast) and rounded to bf16 directly into the
@@ -28,6 +28,8 @@ from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+
+from models.kernels import use_cpu_kernels
 
 
 class ShiftedBF16Attention(torch.autograd.Function):
@@ -113,8 +115,8 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                                  rope: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
     """F.scaled_dot_product_attention(rope(q), rope(k), v) (default scale, no mask, no dropout).
 
-    rope: optional RoPE module (models.lightningdit.VisionRotaryEmbedding). For bf16 on CPU this
-    routes to ShiftedBF16Attention, with the rotation fused in where rope.rotation(q) gives a
+    rope: optional RoPE module (models.lightningdit.VisionRotaryEmbedding). For bf16 on the CPU
+    kernel path (models/kernels.py) this routes to ShiftedBF16Attention, with the rotation fused in where rope.rotation(q) gives a
     complex table; every other case applies rope and calls torch's kernel."""
     rotation = None
     if rope is not None:
@@ -123,7 +125,7 @@ def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
             q, k = rope(q), rope(k)
     qk_dtype = rotation.real.dtype if rotation is not None else None
     dtype = _compute_dtype(q.device.type, qk_dtype or q.dtype, qk_dtype or k.dtype, v.dtype)
-    if q.device.type != "cpu" or dtype != torch.bfloat16:
+    if dtype != torch.bfloat16 or not use_cpu_kernels(q):
         if rotation is not None:  # rope(q), rope(k), reusing the table
             q, k = rotate_pairs(q, rotation), rotate_pairs(k, rotation)
         return F.scaled_dot_product_attention(q, k, v)

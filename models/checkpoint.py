@@ -1,6 +1,6 @@
 """Loading and saving LightningDiT weights, strictly.
 
-Accepted files (REFERENCE.md 3.7 and 11.1):
+Accepted files (docs/reference_behaviour.md §3.7 and 11.1):
 - `.pt` training checkpoints {"model", "ema", "opt", "config"}; `model` keys may carry a
   `module.` prefix (the reference double-wraps DDP), `ema` keys are clean.
 - `.pt` released inference files holding {"ema": ...} or a bare state dict.
@@ -17,6 +17,8 @@ from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
+
+from utils.fileio import require_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +75,7 @@ def read_lightningdit_state_dict(path: PathLike, prefer_ema: bool = True,
         from safetensors.torch import load_file
         return clean_state_dict(load_file(str(path), device="cpu")), "state_dict"
 
+    require_torch_file(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as e:
@@ -134,7 +137,7 @@ def load_lightningdit_checkpoint(path: PathLike, model: Optional[nn.Module] = No
 
 
 def warm_start(model: nn.Module, path: str) -> Tuple[List[str], List[str]]:
-    """Load `train.weight_init` weights with the reference's shape-mismatch rule (REFERENCE 3.7).
+    """Load `train.weight_init` weights with the reference's shape-mismatch rule (docs/reference_behaviour.md §3.7).
 
     Tensors whose name and shape match are copied. A mismatched `x_embedder.proj.weight` becomes
     zeros of the new shape with input channels [:, :16] copied from the file (the reference's

@@ -7,7 +7,7 @@ import torch.nn as nn
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float = 0.9999) -> None:
-    """ema_p <- decay * ema_p + (1 - decay) * p for every named parameter (REFERENCE 3.4).
+    """ema_p <- decay * ema_p + (1 - decay) * p for every named parameter (docs/reference_behaviour.md §3.4).
 
     Includes frozen ones (pos_embed) as the reference; buffers are not averaged. decay=0 makes
     an exact copy. `model` must be the unwrapped module (same parameter names as `ema`).

@@ -1,17 +1,18 @@
 """LightningDiT: the class-conditional latent diffusion transformer of "Reconstruction vs.
 Generation" (hustvl/LightningDiT), in the layout of facebookresearch/DiT's models.py.
 
-Behaviour follows the reference implementation (spec: REFERENCE.md sections 1 and 11.1):
+Behaviour follows the reference implementation (spec: docs/reference_behaviour.md §1 and 11.1):
 state_dict keys, shapes and persistence are identical for every flag combination, so released
-checkpoints load with strict=True and ours load in theirs. The block is written for speed
-(SDPA, or on CPU in bf16 the flash-accurate kernel of models/attention.py with RoPE fused in;
-RMSNorm -> modulate and the SwiGLU gate as autograd Functions with fused backward passes,
-models/fused_ops.py; RoPE as one complex multiply on precomputed tables; no einops re-layouts;
-plain formulas under torch.compile, which fuses them itself) while giving the reference's
-numbers: the same dtype at every rounding point under bf16 autocast, and float32 results equal to
+checkpoints load with strict=True and ours load in theirs. The block is written for speed.
+Which kernels run is decided in one place, models/kernels.py: on CUDA (and under torch.compile)
+the plain formulas with torch's SDPA; on CPU in eager mode hand-written kernels (in bf16 the
+flash-accurate attention of models/attention.py with RoPE fused in; RMSNorm -> modulate and the
+SwiGLU gate as autograd Functions with fused backward passes, models/fused_ops.py; RoPE as one
+complex multiply on precomputed tables). Both avoid einops re-layouts and give the
+reference's numbers: the same dtype at every rounding point under bf16 autocast, and float32 results equal to
 float rounding (most paths are bit-identical).
 
-Quirks the published numbers depend on are kept as defaults (REFERENCE.md 9.1):
+Quirks the published numbers depend on are kept as defaults (docs/reference_behaviour.md §9.1):
 - t in [0, 1] enters the sinusoidal embedder as is (no x1000), cos half first.
 - The absolute sin-cos pos_embed (w index first) is added even when RoPE (h index first) is on.
 - RoPE buffers are persistent and cover the full head dim with interleaved pairs.
@@ -30,6 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from models.attention import rotate_pairs, scaled_dot_product_attention
 from models.fused_ops import rms_norm_modulate, silu_gate
+from models.kernels import use_cpu_kernels
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +75,7 @@ class TimestepEmbedder(nn.Module):
     @staticmethod
     def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
         """(B,) -> (B, dim): [cos(t * f_k), sin(t * f_k)], f_k = max_period^(-k / half), cos first.
-        t is used as given, not multiplied by 1000 (REFERENCE.md 1.5 step 2, 9.1 item 2)."""
+        t is used as given, not multiplied by 1000 (docs/reference_behaviour.md §1.5 step 2, 9.1 item 2)."""
         half = dim // 2
         freqs = torch.exp(
             -math.log(max_period) * torch.arange(0, half, dtype=torch.float32, device=t.device) / half
@@ -118,7 +120,7 @@ class LabelEmbedder(nn.Module):
 #################################################################################
 
 class RMSNorm(nn.Module):
-    """y = (x_f32 * rsqrt(mean(x_f32^2) + eps)).to(x.dtype) * weight (REFERENCE.md 1.8).
+    """y = (x_f32 * rsqrt(mean(x_f32^2) + eps)).to(x.dtype) * weight (docs/reference_behaviour.md §1.8).
 
     F.rms_norm gives the same numbers: bit-identical for float32 x and weight, and for bf16/fp16
     x the weight-free kernel computes in float32 and rounds to x.dtype before the weight multiply,
@@ -142,7 +144,7 @@ class RMSNorm(nn.Module):
 
 class SwiGLUFFN(nn.Module):
     """w3(silu(gate) * value) with one fused input projection w12 = [gate; value]
-    (REFERENCE.md 1.9: hidden = int(2/3 * 4D), no rounding to a multiple of 8)."""
+    (docs/reference_behaviour.md §1.9: hidden = int(2/3 * 4D), no rounding to a multiple of 8)."""
 
     def __init__(self, in_features: int, hidden_features: int):
         super().__init__()
@@ -151,7 +153,7 @@ class SwiGLUFFN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.w12(x)  # [gate; value]
-        if torch.compiler.is_compiling():  # inductor fuses the plain ops into one pass
+        if not use_cpu_kernels(h):  # CUDA, or compiled: plain ops (inductor fuses them)
             gate, value = h.chunk(2, dim=-1)
             return self.w3(F.silu(gate) * value)
         return self.w3(silu_gate(h))
@@ -159,9 +161,9 @@ class SwiGLUFFN(nn.Module):
 
 def norm_modulate(norm: nn.Module, x: torch.Tensor, shift: Optional[torch.Tensor],
                   scale: torch.Tensor) -> torch.Tensor:
-    """modulate(norm(x), shift, scale), through the fused RMSNorm kernel where it applies."""
+    """modulate(norm(x), shift, scale), through the fused CPU RMSNorm kernel where it applies."""
     if (isinstance(norm, RMSNorm) and x.dtype == norm.weight.dtype == torch.float32
-            and not torch.compiler.is_compiling()):
+            and use_cpu_kernels(x)):
         return rms_norm_modulate(x, norm.weight, norm.eps, shift, scale)
     return modulate(norm(x), shift, scale)
 
@@ -173,7 +175,7 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class VisionRotaryEmbedding(nn.Module):
-    """2-D RoPE over the token grid, EVA-02 "Fast" variant (REFERENCE.md 1.7).
+    """2-D RoPE over the token grid, EVA-02 "Fast" variant (docs/reference_behaviour.md §1.7).
 
     freqs_cos / freqs_sin (N, head_dim) are persistent buffers (they are in released
     checkpoints). Dims [0, head_dim/2) rotate with the row (h) index, the rest with the column
@@ -212,9 +214,10 @@ class VisionRotaryEmbedding(nn.Module):
         """The (N, head_dim/2) complex table with rope(x) = x (x) table over interleaved pairs, in
         the dtype the reference formula computes x in (float32/float64); None where that product
         does not apply (tables without the pair structure, half-precision tables, odd head_dim,
-        or under torch.compile, which has no complex codegen and fuses the formula instead)."""
+        the plain kernel path of models/kernels.py (CUDA), or under torch.compile, which has no
+        complex codegen and fuses the formula instead)."""
         cos, sin = self.freqs_cos, self.freqs_sin
-        if not self._paired or x.shape[-1] % 2 or torch.compiler.is_compiling():
+        if not self._paired or x.shape[-1] % 2 or not use_cpu_kernels(x):
             return None
         dtype = torch.result_type(x, cos)
         if dtype not in (torch.float32, torch.float64):
@@ -373,7 +376,7 @@ class LightningDiT(nn.Module):
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """REFERENCE.md 1.4, in its order; the model outputs exactly 0 afterwards."""
+        """docs/reference_behaviour.md §1.4, in its order; the model outputs exactly 0 afterwards."""
         def _basic_init(module):
             if isinstance(module, nn.Linear):
                 torch.nn.init.xavier_uniform_(module.weight)
@@ -409,9 +412,12 @@ class LightningDiT(nn.Module):
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], c, h * p, w * p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
+                return_sigma: bool = False) -> torch.Tensor:
         """x (B, C, H, W) latents, t (B,) in [0, 1] (0 = noise, 1 = data), y (B,) int64 labels
-        (num_classes = null class) -> (B, in_channels, H, W) velocity (sigma half dropped)."""
+        (num_classes = null class) -> (B, in_channels, H, W) velocity (sigma half dropped).
+        return_sigma (ours, for the DDPM objective of transport/ddpm.py): with learn_sigma keep
+        the second half, giving (B, 2 * in_channels, H, W); t is then the integer DDPM step."""
         # (B, N, D); fp32 pos_embed promotes under autocast. PatchEmbed returns a transposed view;
         # a contiguous residual stream saves a re-layout copy in every Linear (same values).
         x = self.x_embedder(x).contiguous() + self.pos_embed
@@ -423,14 +429,14 @@ class LightningDiT(nn.Module):
                 x = block(x, c, self.feat_rope)
         x = self.final_layer(x, c)  # (B, N, p*p*C_out)
         x = self.unpatchify(x)  # (B, C_out, H, W)
-        if self.learn_sigma:
+        if self.learn_sigma and not return_sigma:
             x, _ = x.chunk(2, dim=1)
         return x
 
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale,
                          cfg_interval: bool = False, cfg_interval_start: float = 0.0,
                          cfg_channels: Optional[int] = 3) -> torch.Tensor:
-        """Classifier-free guidance on a doubled batch (REFERENCE.md 1.10).
+        """Classifier-free guidance on a doubled batch (docs/reference_behaviour.md §1.10).
 
         x (2n, C, H, W) whose first half is used for both halves, t (2n,), y (2n,) = [labels, null].
         Guided = uncond + cfg_scale * (cond - uncond) on the first `cfg_channels` channels; the

@@ -14,8 +14,9 @@ import torch
 
 from configs.schema import cfg_channels_value
 from datasets.img_latent_dataset import load_latent_stats
-from tokenizer.vavae import VA_VAE
+from tokenizer.factory import load_tokenizer
 from transport import Sampler, build_transport, make_guided_sampler
+from transport.ddpm_sampler import DDPMSampler
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
 
@@ -45,6 +46,13 @@ class LatentSampler:
         if self.cfg_scale > 1.0 and model.y_embedder.embedding_table.num_embeddings <= self.null_class:
             raise ValueError("sample.cfg_scale > 1 needs a null class: the model was built with "
                              "model.class_dropout_prob = 0")
+        self.ddpm = None
+        if cfg.transport.objective == "ddpm":
+            # DiT's ancestral chain respaced to num_sampling_steps; mode, method, shift and the
+            # CFG interval are flow-sampler settings and do not apply.
+            self.ddpm = DDPMSampler(build_transport(cfg), s.num_sampling_steps, cfg_scale=self.cfg_scale,
+                                    cfg_channels=self.cfg_channels, null_class=self.null_class)
+            return
         sampler = Sampler(build_transport(cfg))
         skip = s.skip_uncond_outside_interval if skip_uncond is None else skip_uncond
         if s.mode == "ODE":
@@ -62,6 +70,8 @@ class LatentSampler:
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, y: torch.Tensor, sde_seed: int = 0) -> torch.Tensor:
         n, guided = z.shape[0], self.cfg_scale > 1.0
+        if self.ddpm is not None:  # per-step noise seeded by sde_seed, as the SDE sampler
+            return self.ddpm(z, self.model, y, generator=torch.Generator(device=z.device).manual_seed(sde_seed))
         if self.mode == "ODE":
             if guided:
                 out = self.guided(z, self.model, y, self.cfg_scale, cfg_interval=self.interval,
@@ -84,10 +94,11 @@ class LatentSampler:
 
 
 class Decoder:
-    """Latents in model space -> uint8 NHWC images: z = x * std / multiplier + mean, VA-VAE decode.
+    """Latents in model space -> uint8 NHWC images: z = x * std / multiplier + mean, tokenizer decode
+    (VA-VAE, MAR-VAE or SD-VAE, as the tokenizer YAML's `tokenizer:` key says; tokenizer/factory.py).
 
     With data.latent_norm false the inverse of training is z = x / multiplier (the reference
-    applies the dataset stats regardless, REFERENCE 9.2, which mis-scales such models).
+    applies the dataset stats regardless, docs/reference_behaviour.md §9.2, which mis-scales such models).
     """
 
     def __init__(self, cfg, device: torch.device, random_init: bool = False):
@@ -104,8 +115,8 @@ class Decoder:
         # the same on every rank.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.train.global_seed)
-            self.vae = VA_VAE(config_path, img_size=cfg.data.image_size, fp16=False, device=device,
-                              random_init=random_init)
+            self.vae = load_tokenizer(config_path, img_size=cfg.data.image_size, fp16=False,
+                                      device=device, random_init=random_init)
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
         x = x.float()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -40,7 +41,8 @@ def tiny(tmp_path_factory, single_thread):
     valid = write_tiny_latents(str(root / "valid"), num_items=24, shape=(4, 4, 4), num_classes=10, seed=1)
     common = [f"data.data_path={data}", f"train.output_dir={root / 'out'}", "train.global_batch_size=16",
               "train.log_every=5", "train.ckpt_every=10", "train.max_steps=30",
-              f"data.valid_path={valid}", "train.valid_every=10", "train.num_valid_batches=2"]
+              f"data.valid_path={valid}", "train.valid_every=10", "train.num_valid_batches=2",
+              "train.eval_every=10", "train.eval_num=6", "train.eval_steps=2"]
     return {"root": root, "common": common, "out": root / "out"}
 
 
@@ -104,7 +106,7 @@ def test_checkpoint_contents(baseline):
     # EMA moved towards the model by ~30 * 1e-4 of the way: small but non-zero.
     diffs = [(ckpt["ema"][k] - ckpt["model"][k]).abs().max() for k in names]
     assert max(diffs) > 0
-    # frozen pos_embed is averaged too (REFERENCE 3.4): equal up to the rounding of the update
+    # frozen pos_embed is averaged too (docs/reference_behaviour.md §3.4): equal up to the rounding of the update
     torch.testing.assert_close(ckpt["ema"]["pos_embed"], ckpt["model"]["pos_embed"], rtol=0, atol=1e-5)
     # inference's strict loader takes the EMA
     from models.checkpoint import load_lightningdit_checkpoint
@@ -133,16 +135,23 @@ def test_kill_and_resume_is_bit_identical(tiny, baseline):
 def test_two_processes_equal_one(tiny, baseline):
     launcher = ["bash", "-c", f'source "{REPO}/tools/launch.sh"; launch "$@"', "launch",
                 str(REPO / "train.py")]
-    proc = run_subprocess(tiny, "train.exp_name=ddp", "train.max_steps=10", launcher=launcher,
-                          env={"GPUS_PER_NODE": "2", "MASTER_PORT": "29561"})
+    # 2 processes x 2 micro-steps of 4 (exact gradient accumulation) == 1 process x 1 step of 16
+    proc = run_subprocess(tiny, "train.exp_name=ddp", "train.max_steps=10", "train.micro_batch_size=4",
+                          launcher=launcher, env={"GPUS_PER_NODE": "2", "MASTER_PORT": "29561"})
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     exp = tiny["out"] / "ddp"
-    assert "processes: 2," in (exp / "log.txt").read_text()
+    log = (exp / "log.txt").read_text()
+    assert "processes: 2," in log and "per-process batch 8 (2 micro-step(s) of 4)" in log
     a, b = load(baseline / "checkpoints/0000010.pt"), load(exp / "checkpoints/0000010.pt")
-    assert b["world_size"] == 2 and len(b["rng"]) == 2
+    assert b["world_size"] == 2 and len(b["rng"]) == 2 and b["data"]["accum_steps"] == 2
     for key in ("model", "ema"):
         for name in a[key]:
-            torch.testing.assert_close(b[key][name], a[key][name], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(b[key][name], a[key][name], rtol=0, atol=1e-5)
+    # evaluation during training: the same set, split over the 2 processes and gathered in order
+    from PIL import Image
+    grids = [np.asarray(Image.open(e / "eval" / "0000010.png")).astype(int) for e in (baseline, exp)]
+    assert grids[0].shape == grids[1].shape == (4, 8 * 4, 3)  # 6 images in a row of 8 cells
+    assert np.abs(grids[0] - grids[1]).max() <= 1  # uint8 rounding of ~1e-6 differences
     # the logged losses are means over the same global batches
     la, lb = log_losses(baseline)[:2], log_losses(exp)
     assert [s for s, _, _ in lb] == [5, 10]

@@ -1,9 +1,9 @@
 """VA-VAE tokenizer: KL autoencoder, strict weight loading, the `VA_VAE` / `MAR_VAE` image<->latent
-wrappers and LPIPS (inference side, REFERENCE.md §5); training parts live in sibling modules.
+wrappers and LPIPS (inference side, docs/reference_behaviour.md §5); training parts live in sibling modules.
 
 Public names are imported lazily so `import tokenizer.<module>` stays cheap:
 `AutoencoderKL`, `DiagonalGaussianDistribution`, `load_autoencoder_weights`, `VA_VAE`, `MAR_VAE`,
-`LPIPSLoss`, `build_tokenizer`.
+`SD_VAE`, `LPIPSLoss`, `build_tokenizer`, `load_tokenizer`.
 """
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ _EXPORTS = {
     "load_autoencoder_weights": "tokenizer.checkpoint",
     "VA_VAE": "tokenizer.vavae",
     "MAR_VAE": "tokenizer.marvae",
+    "SD_VAE": "tokenizer.sdvae",
     "LPIPSLoss": "tokenizer.lpips",
     "build_tokenizer": "tokenizer.factory",
+    "load_tokenizer": "tokenizer.factory",
 }
 __all__ = list(_EXPORTS)
 

@@ -1,6 +1,6 @@
 """KL autoencoder of VA-VAE: the LDM ("VQGAN-KL") Encoder / Decoder and `AutoencoderKL`.
 
-Follows REFERENCE.md §5.2-5.3 and §11.2 (hustvl/LightningDiT `tokenizer/autoencoder.py`, which is
+Follows docs/reference_behaviour.md §5.2-5.3 and §11.2 (hustvl/LightningDiT `tokenizer/autoencoder.py`, which is
 the LDM `ldm/modules/diffusionmodules/model.py` network). Module and parameter names are frozen:
 the released `vavae-imagenet256-f16d32-dinov2.pt` loads unchanged (342 keys, 69,836,067 params).
 
@@ -276,7 +276,7 @@ class AutoencoderKL(nn.Module):
         return self.decode(z), posterior
 
 
-# The released VA-VAE f16d32 configuration (REFERENCE.md §5.3); MAR KL-16 differs in z/embed = 16
+# The released VA-VAE f16d32 configuration (docs/reference_behaviour.md §5.3); MAR KL-16 differs in z/embed = 16
 # and has no attention in the decoder's up path.
 VAVAE_F16D32_DDCONFIG = dict(double_z=True, z_channels=32, resolution=256, in_channels=3, out_ch=3,
                              ch=128, ch_mult=(1, 1, 2, 2, 4), num_res_blocks=2,

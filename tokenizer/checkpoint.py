@@ -1,6 +1,6 @@
 """Strict loader for released KL-autoencoder weights (VA-VAE, MAR KL-16).
 
-Replaces the reference's `AutoencoderKL.init_from_ckpt` (REFERENCE.md §5.2, §9.2). The reference
+Replaces the reference's `AutoencoderKL.init_from_ckpt` (docs/reference_behaviour.md §5.2, §9.2). The reference
 filters with `'foundation_model.model' and 'loss' not in k` (only "loss" keys are dropped) and
 loads with strict=False, so a wrong path or prefix silently leaves a random VAE. Here:
 - `.pt` / `.ckpt` (a bare state dict, `{'state_dict': ...}` as in Lightning checkpoints, or
@@ -19,6 +19,8 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
+
+from utils.fileio import require_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +57,7 @@ def read_state_dict(path: str | os.PathLike, state_key: str | None = None,
         from safetensors.torch import load_file
         obj: Any = load_file(path, device="cpu")
     else:
+        require_torch_file(path)
         obj = _torch_load(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
@@ -70,6 +73,22 @@ def read_state_dict(path: str | os.PathLike, state_key: str | None = None,
     return dict(obj)
 
 
+def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, what: str) -> None:
+    """`model.load_state_dict(sd, strict=True)`, but a key or shape mismatch is one ValueError that
+    names `source`, `what` and the first offending keys."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{source} does not match {what}: {len(missing)} missing keys {missing[:8]}, "
+                         f"{len(unexpected)} unexpected keys {unexpected[:8]}")
+    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+                  for k, v in sd.items() if v.shape != expected[k].shape]
+    if mismatched:
+        raise ValueError(f"{source}: shape mismatch {mismatched[:8]}")
+    model.load_state_dict(sd, strict=True)
+
+
 def load_autoencoder_weights(model: nn.Module, path: str | os.PathLike, *,
                              state_key: str | None = None, hint: str = VAVAE_WEIGHTS_HINT
                              ) -> dict[str, int]:
@@ -81,18 +100,7 @@ def load_autoencoder_weights(model: nn.Module, path: str | os.PathLike, *,
     sd = read_state_dict(path, state_key, hint)
     ignored = [k for k in sd if k.startswith(TRAINING_ONLY_PREFIXES)]
     sd = {k: v for k, v in sd.items() if not k.startswith(TRAINING_ONLY_PREFIXES)}
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{os.fspath(path)} does not match the autoencoder: "
-                         f"{len(missing)} missing keys {missing[:8]}, "
-                         f"{len(unexpected)} unexpected keys {unexpected[:8]}")
-    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-                  for k, v in sd.items() if v.shape != expected[k].shape]
-    if mismatched:
-        raise ValueError(f"{os.fspath(path)}: shape mismatch {mismatched[:8]}")
-    model.load_state_dict(sd, strict=True)
+    load_strict(model, sd, os.fspath(path), "the autoencoder")
     if ignored:
         logger.info("%s: ignored %d training-only entries (%s)", os.fspath(path), len(ignored),
                     ", ".join(sorted({k.split('.')[0] + '.*' for k in ignored})))

@@ -1,6 +1,6 @@
 """Image data for VA-VAE training: an image folder and the reference's crops.
 
-Preprocessing follows REFERENCE.md §6.2 (taming `ImagePaths` with albumentations):
+Preprocessing follows docs/reference_behaviour.md §6.2 (taming `ImagePaths` with albumentations):
 - RGB; the smallest side resized to `size` with bilinear interpolation *without* antialiasing
   (cv2 INTER_LINEAR, albumentations `SmallestMaxSize`; new sides rounded);
 - train: a random `size` x `size` crop; validation: the centre crop; no horizontal flip;

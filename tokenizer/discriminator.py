@@ -1,6 +1,6 @@
 """PatchGAN discriminator of the VA-VAE GAN loss (taming-transformers `NLayerDiscriminator`).
 
-Follows REFERENCE.md §6.6: Conv(k4, s2) + LeakyReLU(0.2), then `n_layers - 1` stride-2 blocks and
+Follows docs/reference_behaviour.md §6.6: Conv(k4, s2) + LeakyReLU(0.2), then `n_layers - 1` stride-2 blocks and
 one stride-1 block of Conv(no bias) + BatchNorm + LeakyReLU (channels double up to 8 * ndf), then a
 stride-1 Conv to one logit per patch. A 256 px input gives 30 x 30 logits for n_layers = 3.
 Initialisation is taming's `weights_init`: conv weights ~ N(0, 0.02), BatchNorm weight ~ N(1, 0.02)

@@ -1,6 +1,6 @@
 """Diagonal Gaussian posterior of the KL autoencoder (LDM `DiagonalGaussianDistribution`).
 
-Follows REFERENCE.md §5.2 / §6.7: the encoder's moments are split along channels into mean and
+Follows docs/reference_behaviour.md §5.2 / §6.7: the encoder's moments are split along channels into mean and
 log-variance, the log-variance is clamped to [-30, 20], and the KL / NLL are summed over
 (C, H, W) per sample.
 

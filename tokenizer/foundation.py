@@ -1,6 +1,6 @@
 """Frozen vision foundation models whose patch features VA-VAE aligns its latent to.
 
-Follows REFERENCE.md §6.5 (hustvl/LightningDiT `vavae/ldm/models/foundation_models.py`), built
+Follows docs/reference_behaviour.md §6.5 (hustvl/LightningDiT `vavae/ldm/models/foundation_models.py`), built
 through timm:
 - `dinov2`: ViT-L/14 `vit_large_patch14_dinov2.lvd142m`; the image is resized (bilinear,
   align_corners=False) so the patch grid equals the latent grid: 256 px -> 224 px -> 16 x 16.
@@ -11,19 +11,30 @@ is dropped, and the rest reshaped to (B, 1024, H/16, W/16). The reference hard-c
 and reshapes with the original H/16, W/16, so only 256 px is consistent there; here the grid is
 (H/16, W/16) by default (identical at 256 px) or the latent's grid when given.
 
-Input convention (faithful quirk, REFERENCE.md §6.5 / issue #78): the model receives the VAE's
-[-1, 1] tensor without ImageNet normalisation. `normalize_input=True` applies the ImageNet
-mean / std to [0, 1] images instead.
+The paper's Table 4 also aligns to SAM and CLIP, whose code the authors did not release; the
+author's description (patch tokens aligned spatially; CLIP's 512-d projected features, issue #70)
+gives these two [inferred choices]:
+- `clip`: OpenAI CLIP ViT-B/16 image tower (`vit_base_patch16_clip_quickgelu_224.openai`, the
+  only OpenAI CLIP whose projection is 512-d); resized like DINOv2 so its 16-px patch grid equals
+  the latent grid (256 px in, unresized, at f16); patch tokens after `ln_post` go through the
+  image projection (768 -> 512), as the class token does in CLIP.
+- `sam`: SAM ViT-L image encoder (`samvit_large_patch16.sa1b`); the image is resized to SAM's own
+  1024 px input (its absolute and relative position tables are trained at that size) and the
+  neck's (256, 64, 64) image embedding is area-averaged to the latent grid (64 -> 16: 4 x 4 means).
+
+Input convention (faithful quirk, docs/reference_behaviour.md §6.5 / issue #78): the model receives the VAE's
+[-1, 1] tensor without normalisation. `normalize_input=True` maps to [0, 1] and applies the
+model's own mean / std (ImageNet for DINOv2, MAE and SAM; CLIP's for CLIP).
 
 Weights: never downloaded. A local file (timm layout, e.g. the hub's `model.safetensors`, or the
-original DINOv2 / MAE release) is loaded strictly after timm's own key mapping.
+original DINOv2 / MAE / SAM / open_clip release) is loaded strictly after timm's own key mapping.
 """
 from __future__ import annotations
 
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -33,6 +44,13 @@ logger = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# How the image reaches the model and the features reach the latent grid (gh, gw):
+GRID = "grid"        # resize to (gh, gw) x patch, so the patch grid is the latent grid (DINOv2, CLIP)
+AS_IS = "as_is"      # no resize; the patch grid must already be the latent grid (MAE)
+NATIVE = "native"    # resize to the model's own input size, area-average its grid to (gh, gw) (SAM)
 
 
 @dataclass(frozen=True)
@@ -40,16 +58,27 @@ class FoundationSpec:
     arch: str            # timm architecture, built with pretrained=False
     hub_id: str          # where users get the weights
     original: str        # the original release, also accepted
-    resize_to_grid: bool  # resize the input so the patch grid equals the target grid
+    input_mode: str      # GRID | AS_IS | NATIVE
+    mean: Tuple[float, float, float] = IMAGENET_MEAN   # used with normalize_input=True
+    std: Tuple[float, float, float] = IMAGENET_STD
+    project_tokens: bool = False   # apply the model's head (CLIP's image projection) to patch tokens
+    timm_kwargs: Tuple[Tuple[str, Any], ...] = ()      # fixed architecture arguments
 
 
 FOUNDATION_MODELS = {
     "dinov2": FoundationSpec(
         "vit_large_patch14_dinov2", "timm/vit_large_patch14_dinov2.lvd142m",
-        "dinov2_vitl14_pretrain.pth from github.com/facebookresearch/dinov2", True),
+        "dinov2_vitl14_pretrain.pth from github.com/facebookresearch/dinov2", GRID),
     "mae": FoundationSpec(
         "vit_large_patch16_224", "timm/vit_large_patch16_224.mae",
-        "mae_pretrain_vit_large.pth from github.com/facebookresearch/mae", False),
+        "mae_pretrain_vit_large.pth from github.com/facebookresearch/mae", AS_IS),
+    "clip": FoundationSpec(
+        "vit_base_patch16_clip_quickgelu_224", "timm/vit_base_patch16_clip_224.openai",
+        "open_clip_pytorch_model.bin from the same hub repo", GRID, CLIP_MEAN, CLIP_STD,
+        project_tokens=True, timm_kwargs=(("num_classes", 512),)),
+    "sam": FoundationSpec(
+        "samvit_large_patch16", "timm/samvit_large_patch16.sa1b",
+        "sam_vit_l_0b3195.pth from github.com/facebookresearch/segment-anything", NATIVE),
 }
 
 
@@ -66,10 +95,17 @@ def _read_weights(path: str) -> Mapping[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def load_foundation_weights(model: nn.Module, path: str, name: str) -> None:
-    """Load a timm-layout or original DINOv2 / MAE file into the timm ViT `model`, strictly."""
-    from timm.models.vision_transformer import checkpoint_filter_fn
+def _checkpoint_filter(name: str) -> Callable:
+    """timm's key mapping for this family (original releases -> timm layout)."""
+    if name == "sam":
+        from timm.models.vision_transformer_sam import checkpoint_filter_fn
+    else:  # DINOv2 mask_token, MAE 'model' key, open_clip / OpenAI 'visual.*', pos-embed resampling
+        from timm.models.vision_transformer import checkpoint_filter_fn
+    return checkpoint_filter_fn
 
+
+def load_foundation_weights(model: nn.Module, path: str, name: str) -> None:
+    """Load a timm-layout or original release file into the timm ViT `model`, strictly."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{name} foundation-model weights not found: {path} ({weights_hint(name)})")
     sd = dict(_read_weights(path))
@@ -79,7 +115,7 @@ def load_foundation_weights(model: nn.Module, path: str, name: str) -> None:
     for key in [k for k in sd if k.startswith(("decoder", "mask_token")) and name == "mae"]:
         logger.info("%s: skipping '%s' (not part of the ViT encoder)", path, key)
         del sd[key]
-    sd = checkpoint_filter_fn(sd, model)     # DINOv2 mask_token, pos-embed resampling, 'model' key
+    sd = _checkpoint_filter(name)(sd, model)
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
     if missing or unexpected:
@@ -96,10 +132,11 @@ def load_foundation_weights(model: nn.Module, path: str, name: str) -> None:
 class FoundationModel(nn.Module):
     """Frozen ViT feature extractor: images (B, 3, H, W) in [-1, 1] -> (B, D, gh, gw) patch features.
 
-    `name`: 'dinov2' or 'mae'. `weights`: local file; None needs `random_init=True` (tests and
-    demos only: random features). `model_kwargs` override timm's architecture arguments (tests
+    `name`: one of FOUNDATION_MODELS. `weights`: local file; None needs `random_init=True` (tests
+    and demos only: random features). `model_kwargs` override timm's architecture arguments (tests
     build tiny ViTs of the same family through this path, e.g. embed_dim=32, depth=2, num_heads=2).
     The timm model is the submodule `model`, so checkpoint keys read `foundation_model.model.*`.
+    `feature_dim` is D: the token width (DINOv2, MAE), CLIP's projection width, SAM's neck width.
     """
 
     def __init__(self, name: str, weights: Optional[str] = None, normalize_input: bool = False,
@@ -111,7 +148,14 @@ class FoundationModel(nn.Module):
             raise ValueError(f"unknown foundation model '{name}' (expected one of {sorted(FOUNDATION_MODELS)})")
         self.name, self.spec = name, FOUNDATION_MODELS[name]
         self.normalize_input = normalize_input
-        kwargs = dict(num_classes=0, dynamic_img_size=True)
+        kwargs: dict = dict(num_classes=0)
+        if self.spec.input_mode != NATIVE:   # plain ViTs: positions follow the input size
+            kwargs["dynamic_img_size"] = True
+        kwargs.update(dict(self.spec.timm_kwargs))
+        for key, value in (model_kwargs or {}).items():
+            if value is None or not str(key).isidentifier():   # timm drops None-valued kwargs silently
+                raise ValueError(f"foundation model_kwargs: bad entry {key!r}: {value!r} (a YAML / "
+                                 "override mapping needs a space after each colon: {embed_dim: 32})")
         kwargs.update(model_kwargs or {})
         self.model = timm.create_model(self.spec.arch, pretrained=False, **kwargs)
         if weights:
@@ -121,10 +165,14 @@ class FoundationModel(nn.Module):
                            "meaningless (tests and demos only)", name)
         else:
             raise FileNotFoundError(f"{name} foundation-model weights not given ({weights_hint(name)})")
-        self.feature_dim = int(self.model.embed_dim)
         self.patch_size = int(self.model.patch_embed.patch_size[0])
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.native_size = tuple(int(s) for s in self.model.patch_embed.img_size)
+        if self.spec.project_tokens:
+            self.feature_dim = int(self.model.head.out_features)
+        else:
+            self.feature_dim = int(self.model.num_features)
+        self.register_buffer("mean", torch.tensor(self.spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(self.spec.std).view(1, 3, 1, 1), persistent=False)
         self.requires_grad_(False)
         self.eval()
 
@@ -132,22 +180,35 @@ class FoundationModel(nn.Module):
         """Always eval: the model is frozen (it has no dropout, so this changes no number)."""
         return super().train(False)
 
+    def _input(self, x: torch.Tensor, gh: int, gw: int) -> torch.Tensor:
+        """Resize the image as this family needs (see the module docstring)."""
+        H, W = x.shape[-2:]
+        mode = self.spec.input_mode
+        if mode == AS_IS:
+            if (H // self.patch_size, W // self.patch_size) != (gh, gw):
+                raise ValueError(f"{self.name}: a {H}x{W} input gives a {H // self.patch_size}x"
+                                 f"{W // self.patch_size} patch grid, expected {gh}x{gw}")
+            return x
+        size = (gh * self.patch_size, gw * self.patch_size) if mode == GRID else self.native_size
+        if (H, W) != size:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        return x
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """x: (B, 3, H, W) in [-1, 1]; grid: output (gh, gw), default (H // 16, W // 16).
 
-        Returns (B, D, gh, gw): last-layer patch tokens (class token dropped).
+        Returns (B, D, gh, gw): last-layer patch features (class token dropped).
         """
         B, _, H, W = x.shape
         gh, gw = grid if grid is not None else (H // 16, W // 16)
         if self.normalize_input:
             x = ((x + 1.0) / 2.0 - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-        if self.spec.resize_to_grid:
-            size = (gh * self.patch_size, gw * self.patch_size)
-            if (H, W) != size:
-                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-        elif (H // self.patch_size, W // self.patch_size) != (gh, gw):
-            raise ValueError(f"{self.name}: a {H}x{W} input gives a "
-                             f"{H // self.patch_size}x{W // self.patch_size} patch grid, expected {gh}x{gw}")
+        x = self._input(x, gh, gw)
+        if self.spec.input_mode == NATIVE:   # SAM: the neck gives (B, D, h, w) directly
+            feats = self.model.forward_features(x)
+            return F.adaptive_avg_pool2d(feats, (gh, gw)) if feats.shape[-2:] != (gh, gw) else feats
         tokens = self.model.forward_features(x)[:, self.model.num_prefix_tokens:]  # (B, gh*gw, D)
+        if self.spec.project_tokens:
+            tokens = self.model.head(tokens)
         return tokens.transpose(1, 2).reshape(B, -1, gh, gw)

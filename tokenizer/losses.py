@@ -1,6 +1,6 @@
 """VA-VAE training objective: VF alignment loss, adaptive weights, and the LPIPS + PatchGAN loss.
 
-Follows REFERENCE.md §6.6 (hustvl/LightningDiT `vavae/ldm/modules/losses/contperceptual.py`
+Follows docs/reference_behaviour.md §6.6 (hustvl/LightningDiT `vavae/ldm/modules/losses/contperceptual.py`
 `LPIPSWithDiscriminator`, released non-pp_style path) term by term:
 - rec = |x - x_rec| + perceptual_weight * LPIPS(x, x_rec), the (B,1,1,1) LPIPS broadcast to every
   pixel; nll = rec / exp(logvar) + logvar with logvar fixed at 0; nll_loss = sum / B (per-image sum,
@@ -39,12 +39,14 @@ Log = Dict[str, torch.Tensor]
 
 def vf_loss(z: torch.Tensor, aux_feature: torch.Tensor, distmat_margin: float = 0.0,
             cos_margin: float = 0.0, distmat_weight: float = 1.0, cos_weight: float = 1.0) -> torch.Tensor:
-    """Vision-foundation alignment loss (REFERENCE.md §6.6). Scalar.
+    """Vision-foundation alignment loss (docs/reference_behaviour.md §6.6). Scalar.
 
     z: projected latent (B, C, H, W); aux_feature: foundation features (B, C, H, W).
     L_mdms = mean_{b,i,j} ReLU(|Gz_ij - Gf_ij| - distmat_margin), G = token cosine Gram matrix
     (N x N, N = H*W, diagonal included, L2 eps 1e-12); L_mcos = mean_{b,h,w} ReLU(1 - cos_margin -
     cos(f_hw, z_hw)) with the cosine along channels (eps 1e-8). Computed in float32.
+    Returns distmat_weight * L_mdms + cos_weight * L_mcos: the paper's Table 5 variants are
+    distmat_weight = 0 ("mcos only"), cos_weight = 0 ("mdms only") and zero margins (the margin ablation).
     """
     if z.shape != aux_feature.shape:
         raise ValueError(f"vf_loss: z {tuple(z.shape)} and aux_feature {tuple(aux_feature.shape)} differ")
@@ -101,6 +103,9 @@ def vanilla_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torc
     return 0.5 * (F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean())
 
 
+DISC_LOSSES = {"hinge": hinge_d_loss, "vanilla": vanilla_d_loss}   # `disc_loss` -> function
+
+
 def adopt_weight(weight: float, step: int, threshold: int = 0, value: float = 0.0) -> float:
     """`value` while step < threshold, else `weight` (taming)."""
     return value if step < threshold else weight
@@ -134,7 +139,8 @@ class LPIPSWithDiscriminator(nn.Module):
     `loss.perceptual_loss.*` and `loss.discriminator.main.*` inside the training model.
     `perceptual_loss`: an LPIPS module to use (tests); else `tokenizer.lpips.LPIPSLoss` is built
     from `lpips_vgg_weights` when perceptual_weight > 0. `lpips_train_mode=True` keeps the
-    reference's LPIPS dropout active in training (REFERENCE.md §9.3); False keeps LPIPS in eval.
+    reference's LPIPS dropout active in training (docs/reference_behaviour.md §9.3); False keeps LPIPS in eval.
+    `pixelloss_weight` is accepted and unused, as in the reference (which stores it, never reads it).
     """
 
     def __init__(self, disc_start: int, logvar_init: float = 0.0, kl_weight: float = 1.0,
@@ -148,8 +154,8 @@ class LPIPSWithDiscriminator(nn.Module):
                  lpips_random_init: bool = False, lpips_train_mode: bool = True,
                  perceptual_loss: Optional[nn.Module] = None):
         super().__init__()
-        if disc_loss not in ("hinge", "vanilla"):
-            raise ValueError(f"disc_loss must be 'hinge' or 'vanilla', got {disc_loss!r}")
+        if disc_loss not in DISC_LOSSES:
+            raise ValueError(f"disc_loss must be one of {tuple(DISC_LOSSES)}, got {disc_loss!r}")
         if pp_style:
             raise ValueError("pp_style=true (the unused mean-reduced variant) is not supported")
         if disc_conditional:
@@ -157,11 +163,10 @@ class LPIPSWithDiscriminator(nn.Module):
         self.disc_start = int(disc_start)
         self.disc_start_counts_optimizer_steps = disc_start_counts_optimizer_steps
         self.kl_weight = kl_weight
-        self.pixel_weight = pixelloss_weight  # stored, unused (as the reference)
         self.perceptual_weight = perceptual_weight
         self.disc_factor = disc_factor
         self.discriminator_weight = disc_weight
-        self.disc_loss = hinge_d_loss if disc_loss == "hinge" else vanilla_d_loss
+        self.disc_loss = DISC_LOSSES[disc_loss]
         self.vf_weight, self.adaptive_vf = vf_weight, adaptive_vf
         self.vf_kwargs = dict(distmat_margin=distmat_margin, cos_margin=cos_margin,
                               distmat_weight=distmat_weight, cos_weight=cos_weight)

@@ -1,6 +1,6 @@
 """LPIPS (VGG16, v0.1) perceptual distance for tokenizer evaluation and the VA-VAE training loss.
 
-Follows REFERENCE.md §1.12 / §6.6 (taming / LightningDiT `LPIPS`): scaling layer, torchvision
+Follows docs/reference_behaviour.md §1.12 / §6.6 (taming / LightningDiT `LPIPS`): scaling layer, torchvision
 VGG16 features cut after relu1_2 ... relu5_3, channel-unit-normalised features (eps 1e-10),
 squared differences, a 1x1 `lin` layer per level (Dropout then conv C->1, no bias), spatial mean,
 sum over the 5 levels. Built from the `lpips` package's modules; its bundled linear calibration
@@ -58,7 +58,7 @@ class LPIPSLoss(nn.Module):
 
     Frozen (no parameter requires grad) and built in eval mode; gradients flow to the inputs.
     `.train()` re-enables the lin-layer dropout (p=0.5) as in the reference's training, where
-    Lightning's `model.train()` reaches the loss module (REFERENCE.md §9.3); evaluation keeps eval.
+    Lightning's `model.train()` reaches the loss module (docs/reference_behaviour.md §9.3); evaluation keeps eval.
     `vgg_weights`: path to `vgg16-397923af.pth` (default: $LPIPS_VGG_WEIGHTS). `random_init=True`
     keeps a random VGG (tests only; the calibration weights still come from the package).
     """

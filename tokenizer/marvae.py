@@ -1,6 +1,6 @@
 """`MAR_VAE`: MAR's KL-16 VAE behind the `VA_VAE` interface (hustvl/LightningDiT `tokenizer/marvae.py`).
 
-REFERENCE.md §5.5: the same LDM autoencoder with embed_dim = z_channels = 16 and no attention in the
+docs/reference_behaviour.md §5.5: the same LDM autoencoder with embed_dim = z_channels = 16 and no attention in the
 decoder's up path (the mid attention and the encoder's attention at 16 px stay), weights under the
 `model` entry of MAR's checkpoint. The reference hard-codes `ckpt_path=''`; here the config
 (configs/tokenizer/marvae_kl16.yaml, with `model.params.decoder_attn_resolutions: []`) names it.

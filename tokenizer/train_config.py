@@ -1,21 +1,36 @@
 """Schema of the VA-VAE training YAMLs (`configs/tokenizer/*.yaml`).
 
-The layout is the authors' LDM one (REFERENCE.md §6.1-6.3): `ckpt_path`, `init_weight`,
+The layout is the authors' LDM one (docs/reference_behaviour.md §6.1-6.3): `ckpt_path`, `init_weight`,
 `model.{base_learning_rate, target, params.{embed_dim, use_vf, reverse_proj, proj_fix, lossconfig,
 ddconfig}}`, `data.params`, `lightning.trainer`, so the same file also serves `tokenizer/vavae.py`
 (which reads `ckpt_path` and `model.params.{embed_dim, ddconfig}`). Defaults are the reference's
 (`LPIPSWithDiscriminator` constructor defaults for the loss). Keys marked "ours" are additions with
 defaults equal to the reference behaviour. Load with `load_train_config(path, overrides)`: unknown
 keys and ill-typed values raise a one-line ValueError naming the key (configs/schema.py).
+
+The authors' own training YAMLs (`vavae/configs/*.yaml`) load unchanged, `target:` keys and all
+(`configs/tokenizer/authors/` holds copies), and resolve to the same run as ours:
+- `data.params.{train,validation}: {target: ldm.data.imagenet.ImageNet*, params: {data_root}}`
+  becomes our `data_root`: `{data_root}/ILSVRC2012_train/data` (validation:
+  `ILSVRC2012_validation/data`), the folders the authors' ImageNet classes read
+  (docs/reference_behaviour.md §6.2);
+- `disc_start_counts_optimizer_steps` unset follows `model.target`: the authors' target counts
+  Lightning's optimizer steps as their trainer did, ours counts batches;
+- the long recipe's blank per-stage keys stop with one line naming them and the stage files.
+`resolve_train_config` applies these rules; `load_train_config` calls it.
 """
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from configs.schema import load_config
+from configs.schema import (NON_NEGATIVE, POSITIVE, REPORT_TO, Range, attribute_to_override, check_ranges,
+                            load_config)
+from tokenizer.foundation import FOUNDATION_MODELS
+from tokenizer.losses import DISC_LOSSES
 
 # Accepted `target` strings: ours, and the authors' (so their YAMLs load unchanged).
 MODEL_TARGETS = ("tokenizer.vavae_model.VAVAEModel", "ldm.models.autoencoder.AutoencoderKL")
@@ -23,6 +38,28 @@ LOSS_TARGETS = ("tokenizer.losses.LPIPSWithDiscriminator", "ldm.modules.losses.L
                 "ldm.modules.losses.contperceptual.LPIPSWithDiscriminator")
 # lightning.trainer.precision -> accelerate mixed_precision
 PRECISIONS = {"32": "no", "32-true": "no", "bf16": "bf16", "bf16-mixed": "bf16"}
+VF_LOSS_TYPES = (None, "combined_v3")    # the authors' name of the one VF loss (tokenizer/losses.py)
+# The authors' ImageNet dataset targets and the folder each reads under its `data_root`.
+AUTHORS_DATA_TARGETS = {"ldm.data.imagenet.ImageNetTrain": "ILSVRC2012_train/data",
+                        "ldm.data.imagenet.ImageNetValidation": "ILSVRC2012_validation/data"}
+# Keys the authors' f16d32_vfdinov2_long.yaml leaves blank, to be filled per stage by hand.
+PER_STAGE_KEYS = ("model.params.lossconfig.params.disc_start", "model.params.lossconfig.params.vf_weight",
+                  "model.params.lossconfig.params.distmat_margin", "model.params.lossconfig.params.cos_margin",
+                  "lightning.trainer.max_epochs")
+LONG_RECIPE_STAGES = "configs/tokenizer/f16d32_vfdinov2_long_stage{1,2,3}.yaml"
+
+# Keys of the authors' LDM / Lightning layout that nothing here reads (they load unchanged; a load
+# logs "ignored: key=value (why)" for each one set to a value other than its schema default).
+COMPAT_KEYS: Dict[str, str] = {
+    "model.params.monitor": "no metric picks checkpoints; train.keep_last_n prunes the oldest",
+    "model.params.lossconfig.params.pixelloss_weight": "the authors' loss stores it and never reads it",
+    "data.target": "the images are always read by tokenizer.data from data.params.train / validation",
+    "data.params.wrap": "an epoch is one pass over data.params.train",
+    "lightning.trainer.accelerator": "tools/launch.sh picks the device",
+    "lightning.trainer.devices": "tools/launch.sh sets the processes per node from GPUS_PER_NODE",
+    "lightning.trainer.num_nodes": "tools/launch.sh sets the node count from WORLD_SIZE",
+    "lightning.trainer.strategy": "accelerate always runs DDP",
+}
 
 
 @dataclass
@@ -30,7 +67,7 @@ class LossParams:
     disc_start: Optional[int] = None         # required (the reference has no default)
     logvar_init: float = 0.0
     kl_weight: float = 1.0
-    pixelloss_weight: float = 1.0            # stored, unused (reference)
+    pixelloss_weight: float = 1.0            # COMPAT_KEYS
     disc_num_layers: int = 3
     disc_in_channels: int = 3
     disc_factor: float = 1.0
@@ -40,17 +77,18 @@ class LossParams:
     disc_conditional: bool = False
     disc_loss: str = "hinge"
     pp_style: bool = False
-    vf_weight: float = 1e2
+    vf_weight: Optional[float] = 1e2         # (Optional: a blank value is reported by name)
     adaptive_vf: bool = False
-    cos_margin: float = 0.0
-    distmat_margin: float = 0.0
-    distmat_weight: float = 1.0
-    cos_weight: float = 1.0
+    cos_margin: Optional[float] = 0.0        # m1
+    distmat_margin: Optional[float] = 0.0    # m2
+    distmat_weight: float = 1.0              # 0 -> "mcos only" (paper Table 5)
+    cos_weight: float = 1.0                  # 0 -> "mdms only" (paper Table 5)
     vf_loss_type: Optional[str] = None       # inference YAML key; only 'combined_v3' (= this loss)
     disc_ndf: int = 64                       # ours
     # ours: False = disc_start counts batches; True = counts the reference's Lightning global_step
     # (2 optimizer steps per batch), so `disc_start: 5001` behaves exactly as in the reference.
-    disc_start_counts_optimizer_steps: bool = False
+    # None: True for the authors' model.target (their files), False for ours.
+    disc_start_counts_optimizer_steps: Optional[bool] = None
     lpips_vgg_weights: Optional[str] = None  # ours: vgg16-397923af.pth (default $LPIPS_VGG_WEIGHTS)
     lpips_random_init: bool = False          # ours: tests / demos without VGG weights
     lpips_train_mode: bool = True            # ours: LPIPS dropout active in training (reference)
@@ -64,7 +102,7 @@ class LossConfig:
 
 @dataclass
 class FoundationConfig:                      # ours (the reference downloads from the HF hub)
-    weights: Optional[str] = None            # local timm / original DINOv2 / MAE file
+    weights: Optional[str] = None            # local timm / original DINOv2, MAE, SAM or open_clip file
     normalize_input: bool = False            # False = reference ([-1, 1] input, issue #78)
     random_init: bool = False                # tests / demos only
     model_kwargs: Dict[str, Any] = field(default_factory=dict)  # timm overrides (tiny test ViTs)
@@ -86,9 +124,9 @@ class DDConfig:
 
 @dataclass
 class ModelParams:
-    monitor: str = "val/rec_loss"
+    monitor: str = "val/rec_loss"            # COMPAT_KEYS
     embed_dim: int = 32
-    use_vf: Optional[str] = None             # None | dinov2 | mae
+    use_vf: Optional[str] = None             # None | dinov2 | mae | sam | clip
     reverse_proj: bool = False
     proj_fix: bool = False
     foundation: FoundationConfig = field(default_factory=FoundationConfig)
@@ -104,31 +142,37 @@ class ModelConfig:
 
 
 @dataclass
+class AuthorsSplitParams:
+    data_root: Optional[str] = None          # the authors' ImageNet root (see the module docstring)
+
+
+@dataclass
 class SplitConfig:
     data_root: Optional[str] = None          # image folder (ImageFolder layout or flat)
     size: int = 256
     max_images: Optional[int] = None         # ours: use the first N files (sorted)
+    target: Optional[str] = None             # the authors' dataset class (their layout)
+    params: AuthorsSplitParams = field(default_factory=AuthorsSplitParams)
 
 
 @dataclass
 class DataParams:
     batch_size: int = 8                      # per process
     num_workers: Optional[int] = None        # None -> 2 * batch_size (reference)
-    wrap: bool = True                        # accepted for compatibility; unused
+    wrap: bool = True                        # COMPAT_KEYS
     train: SplitConfig = field(default_factory=SplitConfig)
     validation: SplitConfig = field(default_factory=SplitConfig)
 
 
 @dataclass
 class DataConfig:
-    target: str = "main.DataModuleFromConfig"  # accepted for compatibility; unused
+    target: str = "main.DataModuleFromConfig"  # COMPAT_KEYS
     params: DataParams = field(default_factory=DataParams)
 
 
 @dataclass
 class TrainerConfig:
-    """`lightning.trainer`: only max_epochs and precision act; the process count comes from the
-    launcher (tools/launch.sh), devices / num_nodes / strategy are informational."""
+    """`lightning.trainer`: only max_epochs and precision act; the others are COMPAT_KEYS."""
     accelerator: Optional[str] = None
     devices: Any = None
     num_nodes: int = 1
@@ -149,6 +193,7 @@ class TrainRunConfig:                        # ours
     seed: int = 23                           # reference main.py default
     max_steps: Optional[int] = None          # batches; overrides lightning.trainer.max_epochs
     log_every: int = 50
+    report_to: str = "tensorboard"           # tensorboard | wandb | all | none (metrics.jsonl always)
     sample_every: int = 750                  # reference ImageLogger batch_frequency
     num_sample_images: int = 4               # reference max_images
     val_every: Optional[int] = None          # None -> end of every epoch (reference)
@@ -156,6 +201,8 @@ class TrainRunConfig:                        # ours
     ckpt_every: Optional[int] = None         # None -> end of every epoch (reference)
     keep_last_n: Optional[int] = None        # None -> keep all (reference save_top_k=-1)
     resume: bool = True                      # auto-resume from the run dir (reference)
+    overwrite: bool = False                  # ours: start over (old outputs moved aside, not deleted)
+    allow_config_change: bool = False        # ours: resume although run-changing keys differ
     resume_from: Optional[str] = None        # explicit training checkpoint
 
 
@@ -167,6 +214,37 @@ class TokenizerTrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     lightning: LightningConfig = field(default_factory=LightningConfig)
     train: TrainRunConfig = field(default_factory=TrainRunConfig)
+    compat_keys: ClassVar[Mapping[str, str]] = COMPAT_KEYS
+
+
+# Range checks at load (None = an optional key left unset: not checked).
+TRAIN_RANGES = {
+    "model.base_learning_rate": POSITIVE, "model.params.embed_dim": POSITIVE,
+    "model.params.lossconfig.params.disc_start": NON_NEGATIVE,
+    "model.params.lossconfig.params.kl_weight": NON_NEGATIVE,
+    "model.params.lossconfig.params.disc_num_layers": POSITIVE,
+    "model.params.lossconfig.params.disc_in_channels": POSITIVE,
+    "model.params.lossconfig.params.disc_factor": NON_NEGATIVE,
+    "model.params.lossconfig.params.disc_weight": NON_NEGATIVE,
+    "model.params.lossconfig.params.perceptual_weight": NON_NEGATIVE,
+    "model.params.lossconfig.params.vf_weight": NON_NEGATIVE,
+    "model.params.lossconfig.params.cos_margin": Range(0.0, 2.0),
+    "model.params.lossconfig.params.distmat_margin": Range(0.0, 2.0),
+    "model.params.lossconfig.params.distmat_weight": NON_NEGATIVE,
+    "model.params.lossconfig.params.cos_weight": NON_NEGATIVE,
+    "model.params.lossconfig.params.disc_ndf": POSITIVE,
+    "model.params.ddconfig.z_channels": POSITIVE, "model.params.ddconfig.resolution": POSITIVE,
+    "model.params.ddconfig.in_channels": POSITIVE, "model.params.ddconfig.out_ch": POSITIVE,
+    "model.params.ddconfig.ch": POSITIVE, "model.params.ddconfig.num_res_blocks": POSITIVE,
+    "model.params.ddconfig.dropout": Range(0.0, 1.0, high_open=True),
+    "data.params.batch_size": POSITIVE, "data.params.num_workers": NON_NEGATIVE,
+    "data.params.train.size": POSITIVE, "data.params.train.max_images": POSITIVE,
+    "data.params.validation.size": POSITIVE, "data.params.validation.max_images": POSITIVE,
+    "lightning.trainer.num_nodes": POSITIVE, "lightning.trainer.max_epochs": POSITIVE,
+    "train.seed": NON_NEGATIVE, "train.max_steps": POSITIVE, "train.log_every": POSITIVE,
+    "train.sample_every": POSITIVE, "train.num_sample_images": NON_NEGATIVE, "train.val_every": POSITIVE,
+    "train.val_max_batches": POSITIVE, "train.ckpt_every": POSITIVE, "train.keep_last_n": POSITIVE,
+}
 
 
 def mixed_precision(cfg: DictConfig) -> str:
@@ -186,37 +264,74 @@ def validate_train_config(cfg: DictConfig, source: str = "config") -> None:
         (cfg.model.target in MODEL_TARGETS, "model.target", cfg.model.target, MODEL_TARGETS),
         (params.lossconfig.target in LOSS_TARGETS, "model.params.lossconfig.target",
          params.lossconfig.target, LOSS_TARGETS),
-        (params.use_vf in (None, "dinov2", "mae"), "model.params.use_vf", params.use_vf, (None, "dinov2", "mae")),
-        (loss.disc_loss in ("hinge", "vanilla"), "model.params.lossconfig.params.disc_loss",
-         loss.disc_loss, ("hinge", "vanilla")),
-        (loss.vf_loss_type in (None, "combined_v3"), "model.params.lossconfig.params.vf_loss_type",
-         loss.vf_loss_type, (None, "combined_v3")),
+        (params.use_vf is None or params.use_vf in FOUNDATION_MODELS, "model.params.use_vf", params.use_vf,
+         (None, *FOUNDATION_MODELS)),
+        (loss.disc_loss in DISC_LOSSES, "model.params.lossconfig.params.disc_loss", loss.disc_loss,
+         tuple(DISC_LOSSES)),
+        (loss.vf_loss_type in VF_LOSS_TYPES, "model.params.lossconfig.params.vf_loss_type",
+         loss.vf_loss_type, VF_LOSS_TYPES),
+        (cfg.train.report_to in REPORT_TO, "train.report_to", cfg.train.report_to, REPORT_TO),
     ]
     for ok, key, value, allowed in checks:
         if not ok:
             raise ValueError(f"{source}: bad value for '{key}': {value!r} (expected one of {allowed})")
-    if loss.disc_start is None:
-        raise ValueError(f"{source}: 'model.params.lossconfig.params.disc_start' must be set "
-                         "(the long recipe's stage YAMLs fill the reference's blanks)")
+    blank = [key for key in PER_STAGE_KEYS if OmegaConf.select(cfg, key) is None
+             and not (key == "lightning.trainer.max_epochs" and cfg.train.max_steps is not None)]
+    if blank:
+        raise ValueError(f"{source}: blank keys {', '.join(blank)}: the authors' long recipe fills "
+                         f"them by hand per stage; train with {LONG_RECIPE_STAGES} "
+                         "(or set each with key=value)")
     if params.ddconfig.z_channels != params.embed_dim:
         raise ValueError(f"{source}: 'model.params.embed_dim' ({params.embed_dim}) must equal "
                          f"'model.params.ddconfig.z_channels' ({params.ddconfig.z_channels})")
     if cfg.train.max_steps is None and cfg.lightning.trainer.max_epochs is None:
         raise ValueError(f"{source}: set 'lightning.trainer.max_epochs' or 'train.max_steps'")
-    if cfg.data.params.batch_size <= 0:
-        raise ValueError(f"{source}: 'data.params.batch_size' must be positive")
+    check_ranges(cfg, TRAIN_RANGES, source)
     mixed_precision(cfg)
 
 
+def counts_optimizer_steps(cfg: DictConfig) -> bool:
+    """`disc_start_counts_optimizer_steps`, its unset value following `model.target`."""
+    value = cfg.model.params.lossconfig.params.disc_start_counts_optimizer_steps
+    return cfg.model.target != MODEL_TARGETS[0] if value is None else bool(value)
+
+
+def _fold_authors_split(split: DictConfig, key: str, source: str) -> None:
+    """`{target, params: {data_root}}` (the authors' layout) -> our `data_root`, in place."""
+    root = split.params.data_root
+    if root is None:
+        return
+    sub = AUTHORS_DATA_TARGETS.get(split.target)
+    folder = posixpath.join(root, sub) if sub else root
+    if split.data_root is not None and split.data_root != folder:
+        raise ValueError(f"{source}: both '{key}.data_root' ({split.data_root}) and "
+                         f"'{key}.params.data_root' ({root}) are set; keep one")
+    split.data_root, split.params.data_root = folder, None
+
+
+def resolve_train_config(cfg: DictConfig, source: str = "config") -> DictConfig:
+    """Validate, then apply the authors'-layout rules of the module docstring; read-only copy."""
+    validate_train_config(cfg, source)
+    out = OmegaConf.merge(OmegaConf.structured(TokenizerTrainConfig), OmegaConf.to_container(cfg))
+    for split in ("train", "validation"):
+        _fold_authors_split(out.data.params[split], f"data.params.{split}", source)
+    out.model.params.lossconfig.params.disc_start_counts_optimizer_steps = counts_optimizer_steps(cfg)
+    OmegaConf.set_readonly(out, True)
+    return out
+
+
 def load_train_config(path: Optional[str], overrides: Sequence[str] = ()) -> DictConfig:
-    """Load and validate a tokenizer training YAML (+ `a.b=value` overrides); read-only result."""
+    """Load, validate and resolve a tokenizer training YAML (+ `a.b=value` overrides); read-only."""
     cfg = load_config(path, overrides, schema=TokenizerTrainConfig)
-    validate_train_config(cfg, str(path) if path else "config")
-    return cfg
+    try:
+        return resolve_train_config(cfg, str(path) if path else "config")
+    except ValueError as err:
+        raise attribute_to_override(err, path, overrides) from None
 
 
 def loss_kwargs(cfg: DictConfig) -> Dict[str, Any]:
     """`LPIPSWithDiscriminator(**loss_kwargs(cfg))` arguments."""
     params = OmegaConf.to_container(cfg.model.params.lossconfig.params, resolve=True)
     params.pop("vf_loss_type")
+    params["disc_start_counts_optimizer_steps"] = counts_optimizer_steps(cfg)
     return params

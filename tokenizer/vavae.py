@@ -1,6 +1,6 @@
 """`VA_VAE`: the image <-> latent interface LightningDiT uses (hustvl/LightningDiT `tokenizer/vavae.py`).
 
-Behaviour follows REFERENCE.md §5.1, with these deliberate differences:
+Behaviour follows docs/reference_behaviour.md §5.1, with these deliberate differences:
 - the autoencoder is built from the YAML's `model.params.ddconfig` / `embed_dim` (the reference
   hard-codes everything except embed_dim; the released YAMLs hold the same values);
 - weights load strictly (tokenizer/checkpoint.py); a YAML without `ckpt_path` is an error unless
@@ -45,7 +45,7 @@ def load_tokenizer_config(config_path: str | os.PathLike) -> DictConfig:
 def to_uint8_nhwc(x: torch.Tensor) -> torch.Tensor:
     """Decoder output (B, 3, H, W), ~[-1, 1] -> uint8 tensor (B, H, W, 3) on the same device.
 
-    As the reference (REFERENCE.md §5.1): clamp(127.5 x + 128, 0, 255), then a truncating cast, so
+    As the reference (docs/reference_behaviour.md §5.1): clamp(127.5 x + 128, 0, 255), then a truncating cast, so
     +128 rounds 127.5 x + 127.5 to the nearest integer (halves round up). Computed in float32.
     For an input normalised from uint8 u (x = (u/255 - 0.5)/0.5) it returns u exactly.
     """
@@ -123,7 +123,7 @@ class VA_VAE:
     # --------------------------------------------------------------- preprocessing
     def img_transform(self, p_hflip: float = 0.0, img_size: int | None = None) -> transforms.Compose:
         """PIL image -> (3, S, S) float tensor in [-1, 1]: ADM centre crop, flip with prob p_hflip,
-        ToTensor, Normalize(0.5, 0.5) (REFERENCE.md §4.2)."""
+        ToTensor, Normalize(0.5, 0.5) (docs/reference_behaviour.md §4.2)."""
         size = img_size or self.img_size
         return transforms.Compose([
             transforms.Lambda(functools.partial(center_crop_arr, image_size=size)),

@@ -1,6 +1,6 @@
 """The VA-VAE training-time model: KL autoencoder + latent/feature projection + frozen foundation model.
 
-Follows REFERENCE.md §6.4 (hustvl/LightningDiT `vavae/ldm/models/autoencoder.py::AutoencoderKL`,
+Follows docs/reference_behaviour.md §6.4 (hustvl/LightningDiT `vavae/ldm/models/autoencoder.py::AutoencoderKL`,
 the Lightning module) minus the optimisation code, which lives in `train_tokenizer.py`:
 - `linear_proj`: with `reverse_proj` (released setting) Conv2d(embed_dim -> feature_dim, 1x1,
   bias=False), applied to the sampled latent, so the VF loss compares in the foundation space
@@ -31,7 +31,7 @@ GENERATOR_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.",
 class VAVAEModel(AutoencoderKL):
     """Autoencoder with the VF-alignment projection. images (B, 3, R, R) in [-1, 1].
 
-    `use_vf`: None (plain LDM VAE), 'dinov2' or 'mae'; then `foundation_model` must be given.
+    `use_vf`: None (plain LDM VAE) or a tokenizer.foundation.FOUNDATION_MODELS name; then `foundation_model` must be given.
     """
 
     def __init__(self, ddconfig: Mapping[str, Any], embed_dim: int, use_vf: Optional[str] = None,

@@ -18,6 +18,7 @@ import sys
 
 from evaluation.adm import evaluate_files
 from evaluation.adm_metrics import DISTANCE_DTYPES
+from utils.fileio import WriteError
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -37,6 +38,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--output", default=None, help="JSON path (default: SAMPLE_adm_eval.json next to SAMPLE)")
     parser.add_argument("--random-init", action="store_true",
                         help="random Inception weights: tests only, the numbers are NOT a real FID")
+    parser.add_argument("--allow-mismatch", action="store_true",
+                        help="evaluate although the batches break the protocol (different image sizes, "
+                             "non-uint8 data, too few images for a metric); each problem is warned about "
+                             "and recorded in the JSON under protocol_warnings")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s] %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -44,9 +49,12 @@ def main(argv: list[str] | None = None) -> dict:
     results = evaluate_files(args.ref_batch, args.sample_batch, args.inception_weights, args.device,
                              args.output, random_init=args.random_init, batch_size=args.batch_size,
                              distance_dtype=args.pr_distances, pr_row_batch_size=args.pr_batch_size,
-                             pr_col_batch_size=args.pr_batch_size, fid_method=args.fid_method)
+                             pr_col_batch_size=args.pr_batch_size, fid_method=args.fid_method,
+                             allow_mismatch=args.allow_mismatch)
     if args.random_init:
         print("WARNING: randomly initialised Inception network; these are NOT real FID/IS numbers")
+    for problem in results["protocol_warnings"]:
+        print(f"WARNING: protocol mismatch (--allow-mismatch), numbers not comparable: {problem}")
     print("Inception Score:", results["inception_score"])
     print("FID:", results["fid"])
     print("sFID:", results["sfid"])
@@ -56,4 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError, WriteError) as err:  # one line naming the file / mismatch
+        raise SystemExit(f"error: {err}") from None

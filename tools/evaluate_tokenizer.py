@@ -1,6 +1,6 @@
 """Reconstruction metrics of a tokenizer (rFID, PSNR, SSIM, LPIPS) over an ImageFolder.
 
-Follows hustvl/LightningDiT `evaluate_tokenizer.py` (REFERENCE.md §7.2): each image is encoded,
+Follows hustvl/LightningDiT `evaluate_tokenizer.py` (docs/reference_behaviour.md §7.2): each image is encoded,
 a posterior **sample** (not the mode) is decoded, and the reconstruction is compared with the input.
 Differences, all documented in the JSON it writes:
 - preprocessing is the ADM centre crop used for latent extraction (`--preprocess adm`, default);
@@ -81,7 +81,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0, window: int 
 
 def reference_resize_transform(img_size: int) -> transforms.Compose:
     """The reference evaluation's preprocessing: ToTensor, tensor Resize (antialiased bilinear),
-    CenterCrop, Normalize(0.5, 0.5) (REFERENCE.md §7.2; differs from extraction)."""
+    CenterCrop, Normalize(0.5, 0.5) (docs/reference_behaviour.md §7.2; differs from extraction)."""
     return transforms.Compose([
         transforms.ToTensor(),
         transforms.Resize(img_size, antialias=True),

@@ -1,6 +1,6 @@
 """Latent-uniformity analysis (paper Table 6): t-SNE, Gaussian-KDE density and its spread.
 
-Follows the reference `tools/latent_vis.py` (REFERENCE.md 7.5): take N latent vectors (one
+Follows the reference `tools/latent_vis.py` (docs/reference_behaviour.md §7.5): take N latent vectors (one
 random spatial position of N random images, normalised with the dataset's `latents_stats.pt`),
 embed them in 2-D with t-SNE (random_state 42, perplexity 30, 1000 iterations), estimate the
 density at every embedded point with `scipy.stats.gaussian_kde`, and summarise how even that

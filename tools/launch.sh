@@ -6,12 +6,16 @@
 #   MASTER_ADDR   (default 127.0.0.1)               MASTER_PORT       (default 1235)
 #   PRECISION     accelerate mixed precision: no | bf16 | fp16 (default: no; run_train.sh: bf16)
 # On a machine without CUDA the processes run on CPU with the gloo backend (ACCELERATE_USE_CPU=1;
-# `accelerate launch --cpu` would silently start one process, see ENV.md).
+# `accelerate launch --cpu` would silently start one process; see the README's hardware notes).
 LAUNCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 launch() {
     local script="$1"; shift
     [[ "$script" = /* ]] || script="$LAUNCH_ROOT/$script"
+    local arg
+    for arg in "$@"; do   # --help: the script's own help, without starting processes
+        if [ "$arg" = "--help" ] || [ "$arg" = "-h" ]; then python "$script" --help; return $?; fi
+    done
     local nnodes="${WORLD_SIZE:-1}"
     local node_rank="${NODE_RANK:-${RANK:-0}}"
     local master_addr="${MASTER_ADDR:-127.0.0.1}"
@@ -22,13 +26,28 @@ launch() {
     local nproc=$(( per_node * nnodes ))
     local mp_args=(--mixed_precision "${PRECISION:-no}")
     if [ "$ngpu" -eq 0 ]; then export ACCELERATE_USE_CPU=1; fi
+    local cmd
     if [ "$nproc" -gt 1 ]; then
-        accelerate launch --multi_gpu --num_processes "$nproc" --num_machines "$nnodes" \
-            --machine_rank "$node_rank" --main_process_ip "$master_addr" \
-            --main_process_port "$master_port" --dynamo_backend no "${mp_args[@]}" \
-            "$script" "$@"
+        cmd=(accelerate launch --multi_gpu --num_processes "$nproc" --num_machines "$nnodes"
+             --machine_rank "$node_rank" --main_process_ip "$master_addr"
+             --main_process_port "$master_port" --dynamo_backend no "${mp_args[@]}" "$script" "$@")
     else
-        accelerate launch --num_processes 1 --num_machines 1 --dynamo_backend no \
-            "${mp_args[@]}" "$script" "$@"
+        cmd=(accelerate launch --num_processes 1 --num_machines 1 --dynamo_backend no
+             "${mp_args[@]}" "$script" "$@")
     fi
+    # stderr passes through tools/launch_errors.py: the launcher's own traceback / torch-elastic
+    # report after a failure goes to $LAUNCH_LOG only, each rank's identical error is shown once,
+    # and the launch returns the script's own exit status (its error stays the last line).
+    local log="${LAUNCH_LOG:-${TMPDIR:-/tmp}/launch-$(basename "$script" .py)-$$.log}"
+    local restore_e=0 codes
+    [[ $- == *e* ]] && restore_e=1
+    set +e
+    exec 3>&1
+    "${cmd[@]}" 2>&1 1>&3 3>&- | python "$LAUNCH_ROOT/tools/launch_errors.py" "$log" >&2 3>&-
+    codes=("${PIPESTATUS[@]}")
+    exec 3>&-
+    [ "$restore_e" = 1 ] && set -e
+    if [ "${codes[0]}" -eq 0 ]; then rm -f "$log"; return 0; fi
+    if [ "${codes[1]}" -ne 0 ]; then return "${codes[1]}"; fi
+    return "${codes[0]}"
 }

@@ -2,7 +2,7 @@
 
 ADM's `VIRTUAL_*.npz` reference batches hold `arr_0` (uint8 NHWC images, 10,000 for ImageNet) plus
 `mu, sigma` (pool_3, 2048-d) and `mu_s, sigma_s` (spatial, 2023-d) computed over the whole dataset
-(ADM_EVAL.md section 2). This script makes the same for any folder: every image is ADM centre
+(docs/adm_evaluation.md §2). This script makes the same for any folder: every image is ADM centre
 cropped (`datasets.transforms.center_crop_arr`, the crop the reference applies to ImageNet), the
 statistics cover all images, and `arr_0` holds a seeded random subset of `num_ref` of them
 (in folder order). The file feeds `tools/adm_evaluator.py` unchanged.

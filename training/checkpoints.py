@@ -1,4 +1,5 @@
-"""Training checkpoints of both trainers: naming, listing, pruning and atomic saving.
+"""Training checkpoints of both trainers: naming, listing, pruning, atomic saving, and finding the
+newest readable one to resume from (`load_latest`: a corrupt newest file is named and skipped).
 
 Files are `{ckpt_dir}/{step:07d}.pt` (the reference's LightningDiT name) for both trainers.
 Tokenizer runs written before the trainers shared this module used `step_{step:07d}.pt`; those
@@ -10,7 +11,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from utils.fileio import atomic_torch_save
 
@@ -49,6 +50,60 @@ def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
     if LEGACY_TOKENIZER_NAME.match(path.name):
         logger.info("resuming from %s (legacy tokenizer checkpoint name; new ones are NNNNNNN.pt)", path)
     return path
+
+
+class CheckpointError(ValueError):
+    """No checkpoint of a run could be read (each one is named in the message)."""
+
+
+def read_checkpoint(path: Path, required: Sequence[str] = ()) -> Dict[str, Any]:
+    """torch.load(path) on the CPU (weights only), checking that the top-level `required` keys
+    exist; a file that fails either way raises with one line naming it."""
+    import torch
+
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated zip, bad pickle, text file: all mean "not readable"
+        raise CheckpointError(f"corrupt checkpoint {path}: {_first_line(err)}") from None
+    missing = [k for k in required if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise CheckpointError(f"corrupt checkpoint {path}: no {missing} entries")
+    return ckpt
+
+
+def load_latest(ckpt_dir: Path, loader: Callable[[Path], Any] = read_checkpoint
+                ) -> Optional[Tuple[Path, Any]]:
+    """(path, loader(path)) of the newest checkpoint that `loader` reads, or None if there is none.
+
+    A checkpoint that fails to load (a run killed while the disk filled, a truncated copy) is
+    logged by name and the next older one is tried; if every one fails, CheckpointError names
+    them all. `loader` should only read (not apply) the file, so a fallback starts clean.
+    """
+    found = list_checkpoints(ckpt_dir)
+    failures = []
+    for _, path in reversed(found):
+        try:
+            obj = loader(path)
+        except Exception as err:
+            msg = _first_line(err)
+            logger.error("cannot resume: %s; trying the previous checkpoint",
+                         msg if str(path) in msg else f"{path}: {msg}")
+            failures.append(path.name)
+            continue
+        if failures:
+            logger.warning("resuming from %s: newer checkpoint(s) %s could not be read", path, ", ".join(failures))
+        if LEGACY_TOKENIZER_NAME.match(path.name):
+            logger.info("resuming from %s (legacy tokenizer checkpoint name; new ones are NNNNNNN.pt)", path)
+        return path, obj
+    if failures:
+        raise CheckpointError(f"no readable checkpoint in {ckpt_dir}: {', '.join(failures)} are corrupt "
+                              "(move them away and resume, or start over with train.overwrite=true)")
+    return None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return (text.splitlines()[0] if text else type(err).__name__)[:300]
 
 
 def prune_checkpoints(ckpt_dir: Path, keep_last_n: Optional[int]) -> List[Path]:

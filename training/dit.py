@@ -10,9 +10,18 @@ What this does instead of the reference (§9.2):
 - all randomness of step s (data order, flips, t, noise, label dropout) is a function of
   (train.global_seed, s) drawn for the *global* batch and sliced per rank, so a run does not
   depend on the number of processes and a resumed run reads exactly the same numbers;
+- exact gradient accumulation (`train.micro_batch_size`): rank r's slice of the global batch is
+  cut into micro-batches, each keeps the draws of its global sample indices, the loss is scaled
+  so the gradient is the mean over the global batch, and only the last micro-step all-reduces;
+  so 1 process x 4 micro-steps == 2 processes x 2 == 1 x 1 up to float summation order.
+  Checkpoints fall on optimizer steps only (no resume inside an accumulation cycle);
+- every log window reports the gradient norm before clipping, the fraction of clipped steps
+  and images seen, and warns when the loss jumps above `train.spike_factor` x its running median;
 - one DDP wrapper (`accelerator.prepare` once); `model` and `ema` are saved with clean keys;
 - checkpoints hold model, ema, opt, config, step, data position, per-rank RNG states and the
-  t-sampling state, written atomically; `train.resume` takes the newest step;
+  t-sampling state, written atomically; `train.resume` takes the newest readable step (a
+  corrupt file is named and skipped) after checking the stored config; the run directory is
+  owned and locked (training/rundir.py: `train.overwrite`, `train.allow_config_change`);
 - a non-finite loss stops the run (the poisoned weights are never saved);
 - `data.valid_path` gives a validation loss at fixed t (the reference's hook crashes).
 Label dropout for CFG is drawn here (same probability, `model.class_dropout_prob`) instead of
@@ -20,7 +29,9 @@ inside the model, so that it comes from the step-keyed stream.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
+import statistics
 import time
 from copy import deepcopy
 from dataclasses import dataclass
@@ -33,12 +44,13 @@ from torch.utils.data import DataLoader
 from configs.schema import to_container
 from datasets.img_latent_dataset import ImgLatentDataset, load_latent_stats
 from datasets.order import STREAM_VALID, GlobalBatchSampler, SeededItems, step_noise
-from models.build import build_model
+from models.build import build_model, should_compile
 from models.checkpoint import warm_start
 from models.ema import update_ema
-from training.checkpoints import checkpoint_path, latest_checkpoint, save_checkpoint
+from training.checkpoints import checkpoint_path, load_latest, read_checkpoint, save_checkpoint
 from training.faults import inject_fault
 from training.metrics import MetricsSink
+from training.rundir import DIT_FREE_KEYS, check_resume_config, claim_training_dir, decide_on_main
 from transport import build_transport
 from utils.seeding import derive_seed, gather_rng_states, restore_rng_state
 
@@ -47,7 +59,10 @@ logger = logging.getLogger("train")
 CURVES = (("loss", "train MSE"), ("valid_loss", "valid MSE (fixed t)"))
 TENSORBOARD_TAGS = {"loss": "Loss/train", "cos_loss": "Loss/cos", "steps_per_sec": "Perf/steps_per_sec",
                     "images_per_sec": "Perf/images_per_sec", "valid_loss": "Loss/valid",
-                    "valid_loss_ema": "Loss/valid_ema"}
+                    "valid_loss_ema": "Loss/valid_ema", "grad_norm": "Grad/norm_before_clip",
+                    "clipped_frac": "Grad/clipped_fraction", "images_seen": "Progress/images_seen"}
+RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "loss_curve.png")  # moved aside by train.overwrite
+SPIKE_WINDOWS = 20  # the running median of the loss spans this many log windows
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,6 +87,17 @@ class Data:
     loader: DataLoader
     num_items: int
     valid_stats: Optional[Tuple[torch.Tensor, torch.Tensor]]
+    accum_steps: int = 1          # micro-steps per optimizer step on each process
+
+
+def accumulation_steps(cfg, world_size: int) -> Tuple[int, int]:
+    """(micro batch per process, micro-steps per optimizer step) from `train.micro_batch_size`."""
+    local = cfg.train.global_batch_size // world_size
+    micro = cfg.train.micro_batch_size or local
+    if cfg.train.global_batch_size % world_size or local % micro:
+        raise ValueError(f"train.global_batch_size {cfg.train.global_batch_size} is not divisible by "
+                         f"processes ({world_size}) x train.micro_batch_size ({micro})")
+    return micro, local // micro
 
 
 def experiment_dir(cfg, accelerator) -> Path:
@@ -92,8 +118,9 @@ def experiment_dir(cfg, accelerator) -> Path:
             broadcast_object_list(holder)
         name = holder[0]
     path = root / name
-    if accelerator.is_main_process:
-        (path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    # Ownership and lock (training/rundir.py): the main process decides for all.
+    decide_on_main(accelerator, lambda: claim_training_dir(
+        path, resume=cfg.train.resume, overwrite=cfg.train.overwrite, outputs=RUN_OUTPUTS))
     accelerator.wait_for_everyone()
     return path
 
@@ -121,12 +148,14 @@ def build_networks(cfg, device: torch.device) -> Networks:
 def resume(nets: Networks, ckpt_dir: Path, cfg, rt) -> Tuple[int, List[dict], Optional[Path]]:
     """With `train.resume`, load the newest checkpoint into `nets` and this rank's RNG state.
     Returns (start step, log history, checkpoint path or None)."""
-    path = latest_checkpoint(ckpt_dir) if cfg.train.resume else None
-    if cfg.train.resume and path is None:
+    found = load_latest(ckpt_dir, lambda p: read_checkpoint(p, ("model", "ema", "opt", "step"))) \
+        if cfg.train.resume else None
+    if cfg.train.resume and found is None:
         logger.info("train.resume: no checkpoint in %s, starting from scratch", ckpt_dir)
-    if path is None:
+    if found is None:
         return 0, [], None
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    path, ckpt = found
+    check_resume_config(path, ckpt.get("config"), to_container(cfg), DIT_FREE_KEYS, cfg.train.allow_config_change)
     nets.model.load_state_dict(ckpt["model"], strict=True)
     nets.ema.load_state_dict(ckpt["ema"], strict=True)
     nets.opt.load_state_dict(ckpt["opt"])
@@ -144,7 +173,7 @@ def prepare(nets: Networks, cfg, rt) -> None:
     """Move to the device, compile the blocks if asked, wrap in DDP (the one and only wrapper)."""
     nets.model.to(rt.device)
     nets.ema.to(rt.device)
-    if cfg.model.compile:
+    if should_compile(cfg, rt.device):
         nets.model.compile_blocks()
     nets.model, nets.opt = rt.accelerator.prepare(nets.model, nets.opt)
 
@@ -156,34 +185,66 @@ def build_data(cfg, rt, start_step: int) -> Data:
                                  cfg.train.global_seed, start_step=start_step)
     loader = DataLoader(SeededItems(dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
                         pin_memory=rt.device.type == "cuda", persistent_workers=False)
-    logger.info("dataset %s: %s latents, %d steps per epoch, per-process batch %d",
-                cfg.data.data_path, f"{len(dataset):,}", sampler.steps_per_epoch, sampler.local_batch)
+    micro, accum = accumulation_steps(cfg, rt.world_size)
+    logger.info("dataset %s: %s latents, %d steps per epoch, per-process batch %d "
+                "(%d micro-step(s) of %d)", cfg.data.data_path, f"{len(dataset):,}",
+                sampler.steps_per_epoch, sampler.local_batch, accum, micro)
     valid_stats = None
     if cfg.data.valid_path and cfg.train.valid_every:
         mean, std = load_latent_stats(cfg.data.data_path) if cfg.data.latent_norm else (
             torch.zeros(()), torch.ones(()))
         valid_stats = (mean.squeeze(0).to(rt.device), std.squeeze(0).to(rt.device))
-    return Data(sampler=sampler, loader=loader, num_items=len(dataset), valid_stats=valid_stats)
+    return Data(sampler=sampler, loader=loader, num_items=len(dataset), valid_stats=valid_stats,
+                accum_steps=accum)
 
 
-def train_step(nets: Networks, cfg, rt, x: torch.Tensor, y: torch.Tensor, step: int) -> torch.Tensor:
-    """One optimizer step on this rank's slice of global batch `step`; returns [mse, cos, loss]
-    (detached, on the device: no host sync)."""
-    tc = cfg.train
-    noise = step_noise(nets.transport, tc.global_seed, step, x.shape, rt.rank, rt.world_size,
+def train_step(nets: Networks, cfg, rt, x: torch.Tensor, y: torch.Tensor, step: int,
+               accum: int = 1) -> torch.Tensor:
+    """One optimizer step on this rank's slice of global batch `step`, in `accum` micro-steps;
+    returns [mse, cos, loss, grad norm before clipping, clipped (0/1)] (on the device: no sync)."""
+    noise = step_noise(nets.transport, cfg.train.global_seed, step, x.shape, rt.rank, rt.world_size,
                        rt.device, nets.drop_prob)
     y = torch.where(noise["drop"], cfg.data.num_classes, y)  # the null class
-    terms = nets.transport.training_losses(nets.model, x, dict(y=y), t=noise["t"], x0=noise["x0"])
+    nets.opt.zero_grad(set_to_none=True)
+    losses = torch.zeros(3, device=x.device)
+    micro = zip(x.chunk(accum), y.chunk(accum), noise["t"].chunk(accum), noise["x0"].chunk(accum))
+    for k, (xm, ym, tm, x0m) in enumerate(micro):
+        # Only the last micro-step all-reduces the accumulated gradients.
+        sync = contextlib.nullcontext() if k == accum - 1 else rt.accelerator.no_sync(nets.model)
+        with sync:
+            losses += micro_step(nets, cfg, rt, xm, ym, tm, x0m, step, accum)
+    grad_norm, clipped = clip_gradients(nets, cfg, rt)
+    nets.opt.step()
+    update_ema(nets.ema, nets.unwrapped, cfg.train.ema_decay)
+    return torch.cat([losses, grad_norm.reshape(1).to(losses), clipped.reshape(1).to(losses)])
+
+
+def micro_step(nets: Networks, cfg, rt, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
+               x0: torch.Tensor, step: int, accum: int) -> torch.Tensor:
+    """Forward + backward of one micro-batch; the loss is divided by `accum` so the accumulated
+    gradient is the mean over the process's batch (micro-batches are equal-sized)."""
+    terms = nets.transport.training_losses(nets.model, x, dict(y=y), t=t, x0=x0)
     mse = terms["loss"].mean()
     cos = terms["cos_loss"].mean() if cfg.transport.use_cosine_loss else torch.zeros_like(mse)
     loss = inject_fault(step, mse + cos if cfg.transport.use_cosine_loss else mse)
-    nets.opt.zero_grad(set_to_none=True)
-    rt.accelerator.backward(loss)
-    if cfg.optimizer.max_grad_norm is not None and rt.accelerator.sync_gradients:
-        rt.accelerator.clip_grad_norm_(nets.model.parameters(), cfg.optimizer.max_grad_norm)
-    nets.opt.step()
-    update_ema(nets.ema, nets.unwrapped, tc.ema_decay)
-    return torch.stack([mse.detach(), cos.detach(), loss.detach()])
+    rt.accelerator.backward(loss / accum if accum > 1 else loss)
+    return torch.stack([mse.detach(), cos.detach(), loss.detach()]) / accum
+
+
+def clip_gradients(nets: Networks, cfg, rt) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Clip to `optimizer.max_grad_norm` when set; returns (norm before clipping, clipped 0/1)."""
+    max_norm = cfg.optimizer.max_grad_norm
+    params = [p for p in nets.model.parameters() if p.grad is not None]
+    if max_norm is None:
+        rt.accelerator.unscale_gradients()  # a no-op unless fp16 loss scaling is on
+        grads = [p.grad for p in params]
+        if hasattr(torch.nn.utils, "get_total_norm"):  # torch >= 2.6
+            norm = torch.nn.utils.get_total_norm(grads)
+        else:
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+        return norm, torch.zeros_like(norm)
+    norm = rt.accelerator.clip_grad_norm_(params, max_norm)
+    return norm, (norm > max_norm).float()
 
 
 def check_finite(nonfinite: torch.Tensor, rt, first: int, last: int, last_good: Optional[Path]) -> None:
@@ -201,12 +262,20 @@ def log_window(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, step: int
     """Average the window's losses over ranks, run validation when due, write one metrics row."""
     avg = rt.accelerator.reduce(sums.clone(), reduction="mean") / num_steps
     steps_per_sec = num_steps / elapsed
-    mse, cos = float(avg[0]), float(avg[1])
+    mse, cos, grad_norm, clipped = float(avg[0]), float(avg[1]), float(avg[3]), float(avg[4])
+    seen = step * cfg.train.global_batch_size
     line = (f"(step={step:07d}) Train Loss: {mse:.4f}, Train Steps/Sec: {steps_per_sec:.2f}, "
             f"Images/Sec: {steps_per_sec * cfg.train.global_batch_size:.1f}")
-    logger.info(line + (f", Cos Loss: {cos:.4f}" if cfg.transport.use_cosine_loss else ""))
+    line += f", Cos Loss: {cos:.4f}" if cfg.transport.use_cosine_loss else ""
+    logger.info(line + f", Grad Norm: {grad_norm:.4f}, Clipped: {100 * clipped:.0f}%, Images Seen: {seen}")
     row = {"step": step, "loss": mse, "cos_loss": cos, "steps_per_sec": steps_per_sec,
-           "images_per_sec": steps_per_sec * cfg.train.global_batch_size}
+           "images_per_sec": steps_per_sec * cfg.train.global_batch_size, "grad_norm": grad_norm,
+           "clipped_frac": clipped, "images_seen": seen}
+    total = float(avg[2])  # the optimised loss (MSE + cosine when on)
+    median = loss_spike(sink.history, total, cfg.train.spike_factor)
+    if median is not None:
+        logger.warning(f"(step={step:07d}) loss spike: {total:.4f} > {cfg.train.spike_factor} x the "
+                       f"running median {median:.4f} of the last {SPIKE_WINDOWS} log windows")
     if data.valid_stats is not None and step % cfg.train.valid_every == 0:
         nets.model.eval()
         vl = validation_loss({"model": nets.unwrapped, "ema": nets.ema}, cfg, nets.transport, rt, data.valid_stats)
@@ -216,6 +285,16 @@ def log_window(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, step: int
     sink.log(row)
     sink.plot()
     return row
+
+
+def loss_spike(history: List[dict], value: float, factor: Optional[float]) -> Optional[float]:
+    """The running median of the logged loss (MSE + cosine) when `value` exceeds `factor` x it,
+    else None (also with fewer than 3 windows logged or `factor` None)."""
+    past = [r["loss"] + r.get("cos_loss", 0.0) for r in history if "loss" in r][-SPIKE_WINDOWS:]
+    if factor is None or len(past) < 3:
+        return None
+    median = statistics.median(past)
+    return median if value > factor * median else None
 
 
 def save_training_state(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, ckpt_dir: Path,
@@ -230,7 +309,8 @@ def save_training_state(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, 
             "config": to_container(cfg), "step": step,
             "data": {"epoch": epoch, "batch_in_epoch": batch_in_epoch,
                      "steps_per_epoch": data.sampler.steps_per_epoch, "num_items": data.num_items,
-                     "global_batch_size": cfg.train.global_batch_size, "seed": cfg.train.global_seed},
+                     "global_batch_size": cfg.train.global_batch_size, "seed": cfg.train.global_seed,
+                     "accum_steps": data.accum_steps},
             "t_sampling": {"use_lognorm": cfg.transport.use_lognorm,
                            "lognorm_until_step": cfg.transport.lognorm_until_step,
                            "lognorm_active": nets.transport.lognorm_active(step)},
@@ -242,12 +322,13 @@ def save_training_state(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, 
 
 
 def train_loop(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, ckpt_dir: Path, start_step: int,
-               last_good: Optional[Path]) -> int:
-    """Steps start_step .. train.max_steps; host syncs only at log and checkpoint steps."""
+               last_good: Optional[Path], evaluator=None) -> int:
+    """Steps start_step .. train.max_steps; host syncs only at log, evaluation and checkpoint
+    steps. `evaluator(step)` (evaluation during training) runs every `train.eval_every` steps."""
     from tqdm import tqdm
 
     tc, step = cfg.train, start_step
-    sums = torch.zeros(3, device=rt.device)          # window sums: MSE, cosine, total
+    sums = torch.zeros(5, device=rt.device)          # window sums: MSE, cosine, total, grad norm, clipped
     nonfinite = torch.zeros((), device=rt.device)
     window, last_check, tic = 0, start_step, time.time()
     bar = tqdm(total=tc.max_steps, initial=start_step, disable=not rt.is_main, dynamic_ncols=True, desc="train")
@@ -255,7 +336,8 @@ def train_loop(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, ckpt_dir:
     for x, y in data.loader:
         if step >= tc.max_steps:
             break
-        terms = train_step(nets, cfg, rt, x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True), step)
+        terms = train_step(nets, cfg, rt, x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True),
+                           step, data.accum_steps)
         sums += terms
         nonfinite += (~torch.isfinite(terms[2])).float()
         step, window = step + 1, window + 1
@@ -271,6 +353,10 @@ def train_loop(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, ckpt_dir:
             bar.set_postfix(loss=f"{row['loss']:.4f}")
             sums.zero_()
             window, tic = 0, time.time()
+        if evaluator is not None and tc.eval_every and step % tc.eval_every == 0:
+            began = time.time()
+            evaluator(step)
+            tic += time.time() - began  # throughput counts training time only
         if is_ckpt:
             last_good = save_training_state(cfg, rt, nets, data, sink, ckpt_dir, step)
     bar.close()
@@ -288,7 +374,7 @@ def validation_loss(models: Dict[str, torch.nn.Module], cfg, transport, rt, stat
     data = SeededItems(ImgLatentDataset(cfg.data.valid_path, latent_norm=False, latent_multiplier=1.0))
     total = min(len(data), cfg.train.num_valid_batches * cfg.train.global_batch_size)
     mine = list(range(rt.rank, total, rt.world_size))
-    b = cfg.train.global_batch_size // rt.world_size
+    b, _ = accumulation_steps(cfg, rt.world_size)  # the micro-batch: what fits in memory
     mean, std = stats
     sums = torch.zeros(len(models) + 1, device=rt.device, dtype=torch.float64)
     for lo in range(0, len(mine), b):

@@ -1,5 +1,10 @@
-"""Where a trainer's numbers go: `metrics.jsonl`, TensorBoard and a loss-curve PNG in the run
-directory (the human-readable lines go to `log.txt` through `logging`).
+"""Where a trainer's numbers go: `metrics.jsonl`, the experiment trackers (`report_to`:
+TensorBoard, Weights & Biases, both or none) and curve PNGs in the run directory (the
+human-readable lines go to `log.txt` through `logging`).
+
+wandb is optional (not in requirements.txt): asking for it without the package is a one-line
+error on every rank before training starts; `WANDB_MODE=offline` works as wandb documents. The
+wandb run id is kept in `{run_dir}/wandb_id.txt` so a resumed run continues the same wandb run.
 
 One sink serves both trainers, so their runs are read the same way. On resume the JSONL keeps
 only rows up to the resumed step (rows a killed run logged after its last checkpoint would
@@ -7,15 +12,31 @@ otherwise appear twice) and TensorBoard purges the same range. Only the main pro
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import math
+import os
+import secrets
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from configs.schema import REPORT_TO
 from utils.fileio import atomic_write, atomic_write_text
 
 logger = logging.getLogger(__name__)
+
+
+def trackers(report_to: str) -> Tuple[bool, bool]:
+    """(use TensorBoard, use wandb) for a `report_to` value; a clear error when wandb is asked
+    for but not installed."""
+    if report_to not in REPORT_TO:
+        raise ValueError(f"report_to {report_to!r}: expected one of {REPORT_TO}")
+    use_wandb = report_to in ("wandb", "all")
+    if use_wandb and importlib.util.find_spec("wandb") is None:
+        raise ValueError(f"report_to={report_to} needs the wandb package: pip install wandb "
+                         "(or report_to=tensorboard)")
+    return report_to in ("tensorboard", "all"), use_wandb
 
 
 class MetricsSink:
@@ -27,12 +48,14 @@ class MetricsSink:
 
     def __init__(self, run_dir: Path, enabled: bool, start_step: int = 0, config: Optional[dict] = None,
                  curves: Sequence[Tuple[str, str]] = (), tags: Mapping[str, str] = (),
-                 history: Optional[List[dict]] = None, log_scale: bool = True):
+                 history: Optional[List[dict]] = None, log_scale: bool = True,
+                 report_to: str = "tensorboard"):
         self.run_dir, self.enabled = Path(run_dir), enabled
         self.curves, self.tags, self.log_scale = list(curves), dict(tags), log_scale
         self.path = self.run_dir / "metrics.jsonl"
         self.history: List[dict] = []
-        self.writer = None
+        self.writer = self.wandb = None
+        use_tensorboard, use_wandb = trackers(report_to)  # every rank: fail together, early
         if not enabled:
             return
         if self.path.is_file():
@@ -42,6 +65,10 @@ class MetricsSink:
                 atomic_write_text("".join(json.dumps(r) + "\n" for r in self.history), self.path)
         elif history:
             self.history = [dict(r) for r in history if r.get("step", 0) <= start_step]
+        if use_wandb:
+            self.wandb = _start_wandb(self.run_dir, config)
+        if not use_tensorboard:
+            return
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
@@ -58,16 +85,32 @@ class MetricsSink:
         self.history.append(row)
         with open(self.path, "a") as f:
             f.write(json.dumps(row) + "\n")
+        scalars = {self.tags.get(k, k): v for k, v in row.items() if k not in ("step", "epoch")
+                   and isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self.writer is not None:
-            step = row["step"]
-            for key, value in row.items():
-                if key not in ("step", "epoch") and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.writer.add_scalar(self.tags.get(key, key), value, step)
+            for tag, value in scalars.items():
+                self.writer.add_scalar(tag, value, row["step"])
             self.writer.flush()
+        if self.wandb is not None:
+            self.wandb.log(scalars, step=row["step"])
 
-    def plot(self, name: str = "loss_curve.png") -> None:
-        """Write the curves of `self.curves` as a PNG in the run directory, atomically."""
-        if not self.enabled or not self.curves:
+    def log_image(self, tag: str, image, step: int) -> None:
+        """Send a uint8 HWC image (e.g. a sample grid) to the trackers."""
+        if not self.enabled:
+            return
+        if self.writer is not None:
+            self.writer.add_image(tag, image, step, dataformats="HWC")
+            self.writer.flush()
+        if self.wandb is not None:
+            import wandb
+            self.wandb.log({tag: wandb.Image(image)}, step=step)
+
+    def plot(self, name: str = "loss_curve.png", curves: Optional[Sequence[Tuple[str, str]]] = None,
+             ylabel: str = "loss", log_scale: Optional[bool] = None) -> None:
+        """Write `curves` (default `self.curves`) as a PNG in the run directory, atomically."""
+        curves = self.curves if curves is None else list(curves)
+        log_scale = self.log_scale if log_scale is None else log_scale
+        if not self.enabled or not curves:
             return
         import matplotlib
         matplotlib.use("Agg")
@@ -75,14 +118,14 @@ class MetricsSink:
 
         fig, ax = plt.subplots(figsize=(7, 4))
         drawn = 0
-        for key, label in self.curves:
+        for key, label in curves:
             points = [(r["step"], r[key]) for r in self.history if key in r and math.isfinite(r[key])]
             if points:
                 ax.plot(*zip(*points), "o-" if len(points) < 20 else "-", label=label)
                 drawn += 1
         ax.set_xlabel("step")
-        ax.set_ylabel("loss")
-        if self.log_scale and drawn:
+        ax.set_ylabel(ylabel)
+        if log_scale and drawn:
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
         if drawn:
@@ -94,3 +137,16 @@ class MetricsSink:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.wandb is not None:
+            self.wandb.finish()
+
+
+def _start_wandb(run_dir: Path, config: Optional[dict]):
+    """Start (or, on resume, continue) the wandb run of `run_dir`."""
+    import wandb
+
+    id_file = run_dir / "wandb_id.txt"
+    run_id = id_file.read_text().strip() if id_file.is_file() else secrets.token_hex(8)
+    atomic_write_text(run_id + "\n", id_file)
+    return wandb.init(project=os.environ.get("WANDB_PROJECT", "lightningdit"), name=run_dir.name,
+                      id=run_id, resume="allow", dir=str(run_dir), config=config)

@@ -12,7 +12,10 @@ with plain PyTorch and `accelerate`:
 - auto-resume from `{run_dir}/checkpoints/` (newest step), exactly: model, discriminator, both
   optimizers, step, every rank's RNG states and the data position (the step-keyed order of
   `datasets.order.GlobalBatchSampler` with the per-epoch seed `train.seed + epoch`). Unlike the
-  reference, a failing resume raises instead of silently restarting from scratch;
+  reference, a failing resume raises instead of silently restarting from scratch; a corrupt
+  newest checkpoint is named and the previous one used; a resume under a config that changes the
+  run stops (`train.allow_config_change`); the run directory is owned and locked
+  (training/rundir.py: `train.resume: false` refuses an existing run, `train.overwrite` moves it aside);
 - warm start from `init_weight` (the reference's key) for the three-stage recipe;
 - the resolved config is saved (the reference's SetupCallback never ran under PL 2.4);
 - validation reconstruction loss (`val/rec_loss`), PNG grids (inputs / reconstructions / decoded
@@ -42,9 +45,11 @@ from tokenizer.foundation import FoundationModel
 from tokenizer.losses import LPIPSWithDiscriminator
 from tokenizer.train_config import loss_kwargs, mixed_precision
 from tokenizer.vavae_model import GENERATOR_PREFIXES, VAVAEModel
-from training.checkpoints import latest_checkpoint, save_checkpoint
+from training.checkpoints import load_latest, read_checkpoint, save_checkpoint
 from training.faults import inject_fault
 from training.metrics import MetricsSink
+from training.rundir import (TOKENIZER_FREE_KEYS, check_resume_config, claim_training_dir, decide_on_main,
+                             release_run_dir)
 from utils.fileio import atomic_torch_save, atomic_write, atomic_write_text
 from utils.runtime import setup_runtime
 from utils.seeding import gather_rng_states, restore_rng_state
@@ -55,6 +60,9 @@ CURVES = (("train/rec_loss", "train L1 reconstruction"), ("val/rec_loss", "valid
 FIXED_PREFIXES = ("foundation_model.", "loss.perceptual_loss.")  # frozen, loaded from their own files
 VAL_NOISE_SEED = 0        # posterior noise in validation: same draws at every evaluation
 SAMPLE_NOISE_SEED = 1     # random latents decoded in the sample grids
+CHECKPOINT_KEYS = ("state_dict", "optimizer_ae", "optimizer_disc", "step", "rng_states")
+# Moved aside by train.overwrite (log.txt stays: runs append to it).
+RUN_OUTPUTS = ("checkpoints", "export", "images", "config.yaml", "metrics.jsonl", "tensorboard", "loss_curve.png")
 
 
 #################################################################################
@@ -131,10 +139,11 @@ def _copy_into(own: Dict[str, torch.Tensor], sd: Dict[str, torch.Tensor], keys) 
 
 
 def load_training_checkpoint(path: Path, model: VAVAEModel, loss: LPIPSWithDiscriminator,
-                             opt_ae: torch.optim.Optimizer, opt_disc: torch.optim.Optimizer
-                             ) -> Tuple[int, List[Dict[str, Any]]]:
-    """Restore model, discriminator and optimizers in place (strict); returns (step, rng_states)."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+                             opt_ae: torch.optim.Optimizer, opt_disc: torch.optim.Optimizer,
+                             ckpt: Optional[Dict[str, Any]] = None) -> Tuple[int, List[Dict[str, Any]]]:
+    """Restore model, discriminator and optimizers in place (strict); returns (step, rng_states).
+    `ckpt`: the file's contents when already read."""
+    ckpt = ckpt if ckpt is not None else read_checkpoint(path, CHECKPOINT_KEYS)
     own = trainable_state_dict(model, loss)
     _check_keys(str(path), own, ckpt["state_dict"])
     _copy_into(own, ckpt["state_dict"], own)
@@ -318,14 +327,28 @@ def resume_or_warm_start(cfg: DictConfig, ckpt_dir: Path, model: VAVAEModel, los
     """`train.resume_from`, else the newest checkpoint with `train.resume`, else `init_weight`.
     Returns (start step, the checkpoint's per-rank RNG states or None)."""
     tc = cfg.train
-    path = Path(tc.resume_from) if tc.resume_from else (latest_checkpoint(ckpt_dir) if tc.resume else None)
-    if path is not None:
-        step, rng_states = load_training_checkpoint(path, model, loss, opt_ae, opt_disc)
+    read = lambda p: read_checkpoint(p, CHECKPOINT_KEYS)  # noqa: E731
+    found = (Path(tc.resume_from), read(Path(tc.resume_from))) if tc.resume_from else (
+        load_latest(ckpt_dir, read) if tc.resume and not tc.overwrite else None)
+    if found is not None:
+        path, ckpt = found
+        check_resume_config(path, ckpt.get("config"), to_container(cfg), TOKENIZER_FREE_KEYS, tc.allow_config_change)
+        step, rng_states = load_training_checkpoint(path, model, loss, opt_ae, opt_disc, ckpt)
         logger.info("resumed from %s at step %d", path, step)
         return step, rng_states
     if cfg.init_weight:
         warm_start(cfg.init_weight, model, loss)
     return 0, None
+
+
+def claim_run(cfg: DictConfig, rt, run_dir: Path) -> None:
+    """Lock and claim the run directory on the main process (training/rundir.py); every rank
+    raises the same RunDirError when it is refused. `train.overwrite` wins over the default
+    `train.resume: true`."""
+    tc = cfg.train
+    decide_on_main(rt.accelerator, lambda: claim_training_dir(
+        run_dir, resume=tc.resume and not tc.overwrite, overwrite=tc.overwrite, outputs=RUN_OUTPUTS,
+        resume_from=tc.resume_from))
 
 
 def log_window(rt, sink: MetricsSink, running: Dict[str, torch.Tensor], count: int, step: int, epoch: int,
@@ -347,12 +370,19 @@ def log_window(rt, sink: MetricsSink, running: Dict[str, torch.Tensor], count: i
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, float]:
-    """Run (or resume) training as configured; returns the last logged train / val numbers."""
-    run_dir, tc = Path(run_dir), cfg.train
+    """Run (or resume) training as configured; returns the last logged train / val numbers.
+    The run directory's lock (training/rundir.py) is released however the run ends."""
+    try:
+        return _train(cfg, Path(run_dir))
+    finally:
+        release_run_dir(run_dir)
+
+
+def _train(cfg: DictConfig, run_dir: Path) -> Dict[str, float]:
+    tc = cfg.train
     rt = setup_runtime(str(run_dir), seed=tc.seed, mixed_precision=mixed_precision(cfg), name="train_tokenizer")
     acc, device, ckpt_dir = rt.accelerator, rt.device, run_dir / "checkpoints"
-    if rt.is_main:
-        atomic_write_text(OmegaConf.to_yaml(cfg), run_dir / "config.yaml")
+    claim_run(cfg, rt, run_dir)
     model, loss = build_model(cfg).to(device), build_loss(cfg).to(device)
     opt_ae, opt_disc = build_optimizers(cfg, model, loss)
     logger.info("generator: %.2fM trainable parameters; discriminator: %.2fM",
@@ -360,6 +390,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, float]:
                 sum(p.numel() for p in loss.discriminator.parameters()) / 1e6)
     data = build_data(cfg, rt)
     step, rng_states = resume_or_warm_start(cfg, ckpt_dir, model, loss, opt_ae, opt_disc)
+    if rt.is_main:  # after the resume checks: a refused run leaves the run's config.yaml alone
+        atomic_write_text(OmegaConf.to_yaml(cfg), run_dir / "config.yaml")
     model_ddp, disc_ddp, opt_ae, opt_disc = acc.prepare(model, loss.discriminator, opt_ae, opt_disc)
     if rng_states is not None and len(rng_states) == rt.world_size:
         restore_rng_state(rng_states[rt.rank])
@@ -370,7 +402,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> Dict[str, float]:
     # (§9.3; lpips_train_mode: false keeps LPIPS in eval).
     model.train()
     loss.train()
-    sink = MetricsSink(run_dir, rt.is_main, step, to_container(cfg), CURVES, log_scale=False)
+    sink = MetricsSink(run_dir, rt.is_main, step, to_container(cfg), CURVES, log_scale=False,
+                       report_to=tc.report_to)
     running: Dict[str, torch.Tensor] = {}
     count, last, t_last = 0, {}, time.time()
     pbar = tqdm(total=data.total_steps, initial=step, disable=not rt.is_main, desc="train", dynamic_ncols=True)

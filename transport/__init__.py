@@ -1,24 +1,30 @@
-"""Flow-matching transport (SiT layout, REFERENCE section 2): `create_transport` and `Sampler`.
+"""Flow-matching transport (SiT layout, docs/reference_behaviour.md §2): `create_transport` and `Sampler`.
 
 `create_transport` maps config strings to a `Transport` with the reference's eps rules
-(REFERENCE 2.1, 2.4), minus its sample_eps bug:
+(docs/reference_behaviour.md §2.1, 2.4), minus its sample_eps bug:
 - VP: train_eps defaults to 1e-5 and sample_eps to 1e-3.
 - Linear/GVP with a noise or score model: both default to 1e-3.
 - Linear/GVP with a velocity model: both forced to 0, whatever is passed (faithful; the SDE
   sampler then uses `sde_eps` to avoid t = 0, see Transport.check_interval).
+
+`build_transport(cfg)` returns that `Transport`, or with `transport.objective: ddpm` DiT's DDPM
+(`ddpm.GaussianDiffusion`, same training interface; sampled by `ddpm_sampler.DDPMSampler`).
 """
 from typing import Optional
 
+from .ddpm import GaussianDiffusion, create_ddpm
 from .guidance import GuidedVelocity, make_guided_sampler
 from .transport import ModelType, PathType, Sampler, Transport, WeightType
 
 __all__ = ["create_transport", "build_transport", "Sampler", "Transport", "ModelType", "PathType", "WeightType",
-           "GuidedVelocity", "make_guided_sampler"]
+           "GuidedVelocity", "make_guided_sampler", "PATH_TYPES", "PREDICTIONS", "LOSS_WEIGHTS"]
 
-_PATHS = {"Linear": PathType.LINEAR, "GVP": PathType.GVP, "VP": PathType.VP}
-_PREDICTIONS = {"velocity": ModelType.VELOCITY, "noise": ModelType.NOISE, "score": ModelType.SCORE}
-_WEIGHTS = {None: WeightType.NONE, "none": WeightType.NONE, "velocity": WeightType.VELOCITY,
-            "likelihood": WeightType.LIKELIHOOD}
+# Config string -> enum: the registries behind `transport.path_type`, `transport.prediction` and
+# `transport.loss_weight` (configs/schema.py validates against these dicts).
+PATH_TYPES = {"Linear": PathType.LINEAR, "GVP": PathType.GVP, "VP": PathType.VP}
+PREDICTIONS = {"velocity": ModelType.VELOCITY, "noise": ModelType.NOISE, "score": ModelType.SCORE}
+LOSS_WEIGHTS = {None: WeightType.NONE, "none": WeightType.NONE, "velocity": WeightType.VELOCITY,
+                "likelihood": WeightType.LIKELIHOOD}
 
 
 def create_transport(path_type: str = "Linear", prediction: str = "velocity",
@@ -33,30 +39,43 @@ def create_transport(path_type: str = "Linear", prediction: str = "velocity",
     KeyError for paths and silently falls back to velocity / no weight for the others).
     `lognorm_until_step`: from this training step on, t is drawn uniformly (None = never).
     """
-    if path_type not in _PATHS:
-        raise ValueError(f"unknown transport path_type {path_type!r}; expected one of {list(_PATHS)}")
-    if prediction not in _PREDICTIONS:
-        raise ValueError(f"unknown transport prediction {prediction!r}; expected one of {list(_PREDICTIONS)}")
-    if loss_weight not in _WEIGHTS:
-        raise ValueError(f"unknown transport loss_weight {loss_weight!r}; expected None, 'velocity' or 'likelihood'")
-    path, model_type = _PATHS[path_type], _PREDICTIONS[prediction]
+    if path_type not in PATH_TYPES:
+        raise ValueError(f"unknown transport path_type {path_type!r}; expected one of {list(PATH_TYPES)}")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"unknown transport prediction {prediction!r}; expected one of {list(PREDICTIONS)}")
+    if loss_weight not in LOSS_WEIGHTS:
+        raise ValueError(f"unknown transport loss_weight {loss_weight!r}; expected one of {list(LOSS_WEIGHTS)}")
+    path, model_type = PATH_TYPES[path_type], PREDICTIONS[prediction]
     if path == PathType.VP:
         train_eps = 1e-5 if train_eps is None else train_eps
         sample_eps = 1e-3 if sample_eps is None else sample_eps
     elif model_type != ModelType.VELOCITY:
         train_eps = 1e-3 if train_eps is None else train_eps
         sample_eps = 1e-3 if sample_eps is None else sample_eps
-    else:  # velocity on Linear/GVP is finite everywhere: both forced to 0 (REFERENCE 2.1)
+    else:  # velocity on Linear/GVP is finite everywhere: both forced to 0 (docs/reference_behaviour.md §2.1)
         train_eps, sample_eps = 0.0, 0.0
-    return Transport(model_type=model_type, path_type=path, loss_type=_WEIGHTS[loss_weight],
+    return Transport(model_type=model_type, path_type=path, loss_type=LOSS_WEIGHTS[loss_weight],
                      train_eps=train_eps, sample_eps=sample_eps, use_cosine_loss=bool(use_cosine_loss),
                      use_lognorm=bool(use_lognorm), lognorm_mean=lognorm_mean, lognorm_std=lognorm_std,
                      lognorm_until_step=lognorm_until_step, sde_eps=sde_eps)
 
 
 def build_transport(cfg):
-    """`create_transport` with the config's transport section (REFERENCE 2.1)."""
+    """The training objective of the config's transport section: `create_transport`
+    (docs/reference_behaviour.md §2.1), or with `transport.objective: ddpm` DiT's DDPM
+    (`transport/ddpm.py`, learned sigma iff `model.learn_sigma`)."""
     tr = cfg.transport
+    if getattr(tr, "objective", "rectified_flow") == "ddpm":
+        return build_ddpm(cfg)
     return create_transport(tr.path_type, tr.prediction, tr.loss_weight, tr.train_eps, tr.sample_eps,
                             use_cosine_loss=tr.use_cosine_loss, use_lognorm=tr.use_lognorm,
                             lognorm_until_step=tr.lognorm_until_step)
+
+
+def build_ddpm(cfg) -> GaussianDiffusion:
+    """DiT's DDPM from the config; the flow-only keys must be off (they would be silently unused)."""
+    tr = cfg.transport
+    if tr.use_cosine_loss or tr.use_lognorm:
+        raise ValueError("transport.objective ddpm: set transport.use_cosine_loss and transport.use_lognorm "
+                         "to false (they belong to the rectified-flow objective)")
+    return create_ddpm(tr.diffusion_steps, learn_sigma=bool(cfg.model.learn_sigma))

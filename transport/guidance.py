@@ -1,6 +1,6 @@
 """Classifier-free guidance sampling that skips the unconditional half where it is not used.
 
-The reference (REFERENCE 1.10, 2.5, 7.1) samples the doubled batch x = cat[z, z] with
+The reference (docs/reference_behaviour.md §1.10, 2.5, 7.1) samples the doubled batch x = cat[z, z] with
 y = cat[labels, null] through `model.forward_with_cfg`, which inside a CFG interval
 (t < cfg_interval_start) returns the *conditional* output, yet still runs the network on all 2n
 rows. Only the first half is kept, and it depends on the first half alone.

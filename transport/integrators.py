@@ -1,11 +1,11 @@
-"""ODE and SDE integrators behind `Sampler` (SiT's `transport/integrators.py`, REFERENCE 2.5-2.7).
+"""ODE and SDE integrators behind `Sampler` (SiT's `transport/integrators.py`, docs/reference_behaviour.md §2.5-2.7).
 
 - `ode_solve`: torchdiffeq.odeint over a given time grid. Fixed-grid methods ('euler', 'midpoint',
   'heun2', 'rk4', ...) step exactly between consecutive grid points; adaptive ones ('dopri5', ...)
   honour atol/rtol and use the grid only as output times. A decreasing grid integrates backwards
   in time (data -> noise), which torchdiffeq supports natively.
 - `sde_solve`: Euler-Maruyama or Heun for dx = f(x, t) dt + sqrt(2 g(t)) dW on a uniform grid,
-  followed by an optional deterministic last step (the reference's scheme, REFERENCE 2.6).
+  followed by an optional deterministic last step (the reference's scheme, docs/reference_behaviour.md §2.6).
 - `likelihood_solve`: the instantaneous change-of-variables ODE, integrating (x, delta log p) from
   data to noise with an exact (autograd, small dims) or Hutchinson divergence.
 """
@@ -16,19 +16,23 @@ from typing import Callable, Optional, Tuple
 import torch
 from torch import Tensor
 from torchdiffeq import odeint
+from torchdiffeq._impl.odeint import SOLVERS as _TORCHDIFFEQ_SOLVERS
 
 logger = logging.getLogger(__name__)
 
 # Velocity field signature used throughout: v(x (B, ...), t (B,)) -> (B, ...).
 VelocityFn = Callable[[Tensor, Tensor], Tensor]
 
+# `sample.sampling_method` values: torchdiffeq's own method table for the ODE (its module is
+# private, but every torchdiffeq 0.2.x of requirements.txt has it), ours for the SDE.
+ODE_METHODS = _TORCHDIFFEQ_SOLVERS
 SDE_METHODS = ("Euler", "Heun")
 LAST_STEPS = (None, "Mean", "Tweedie", "Euler")
 DIVERGENCES = ("exact", "hutchinson")
 
 
 def _batch_time(t_scalar: Tensor, x: Tensor) -> Tensor:
-    """The reference's `ones(B) * t` (REFERENCE 2.5): a (B,) float32 time on x's device."""
+    """The reference's `ones(B) * t` (docs/reference_behaviour.md §2.5): a (B,) float32 time on x's device."""
     return torch.ones(x.shape[0], device=x.device) * t_scalar
 
 
@@ -74,7 +78,7 @@ def sde_solve(drift: VelocityFn, diffusion: VelocityFn, x: Tensor, t_grid: Tenso
         if method == "Euler":
             g = diffusion(x, t)
             x = x + drift(x, t) * dt + torch.sqrt(2 * g) * dw
-        else:  # Heun: noise first, then a trapezoidal drift step (REFERENCE 2.6)
+        else:  # Heun: noise first, then a trapezoidal drift step (docs/reference_behaviour.md §2.6)
             g = diffusion(x, t)
             x_hat = x + torch.sqrt(2 * g) * dw
             k1 = drift(x_hat, t)
@@ -117,7 +121,7 @@ def likelihood_solve(velocity: VelocityFn, x: Tensor, t_grid: Tensor, *, method:
 
     d(delta)/dt = div v(x_t, t) with delta = 0 at the data end, so
     log p_data(x) = log N(z; 0, I) + delta(prior end). The Hutchinson probe is Rademacher, drawn
-    once per solve (REFERENCE 2.7). x: (B, ...). Returns (logp (B,), z (B, ...)).
+    once per solve (docs/reference_behaviour.md §2.7). x: (B, ...). Returns (logp (B,), z (B, ...)).
     """
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; expected one of {DIVERGENCES}")

@@ -1,6 +1,6 @@
 """Interpolation paths x_t = alpha_t x1 + sigma_t x0 of the flow-matching objective.
 
-Follows SiT's `transport/path.py` as used by LightningDiT (REFERENCE 2.2). Convention: x0 ~ N(0, I)
+Follows SiT's `transport/path.py` as used by LightningDiT (docs/reference_behaviour.md §2.2). Convention: x0 ~ N(0, I)
 is noise, x1 is data, and t runs 0 -> 1 from noise to data. The training target is
 u_t = d_alpha_t x1 + d_sigma_t x0.
 
@@ -20,7 +20,7 @@ from torch import Tensor
 from .utils import expand_t_like_x
 
 # Diffusion coefficient forms of `compute_diffusion`. The reference spells the last one
-# "inccreasing-decreasing" (REFERENCE 2.2); both spellings are accepted.
+# "inccreasing-decreasing" (docs/reference_behaviour.md §2.2); both spellings are accepted.
 DIFFUSION_FORMS = ("constant", "SBDM", "sigma", "linear", "decreasing",
                    "increasing-decreasing", "inccreasing-decreasing")
 

@@ -1,10 +1,9 @@
 """The flow-matching objective (`Transport`) and its samplers (`Sampler`).
 
-Follows SiT's `transport/transport.py` as used by LightningDiT (REFERENCE 2.1-2.7), keeping the
+Follows SiT's `transport/transport.py` as used by LightningDiT (docs/reference_behaviour.md §2.1-2.7), keeping the
 behaviour the published numbers depend on and fixing what is broken upstream:
 
-- Logit-normal t draws use torch's generator (seedable), not scipy/numpy's global RNG (REFERENCE
-  9.2), and can be switched off from a given training step (`lognorm_until_step`, REFERENCE 3.6).
+- Logit-normal t draws use torch's generator (seedable), not scipy/numpy's global RNG (docs/reference_behaviour.md §9.2), and can be switched off from a given training step (`lognorm_until_step`, docs/reference_behaviour.md §3.6).
 - `sample_ode(reverse=True)` integrates data -> noise on the flipped grid (upstream asserts).
 - `sample_sde` on the Linear/GVP paths starts at t0 = `sde_eps` > 0 when the sample eps is 0,
   because the SBDM diffusion has a 1/t singularity at t = 0 (upstream returns NaN).
@@ -55,7 +54,7 @@ class Transport:
     Logit-normal schedule switch-off (issue 3, item 3): `use_lognorm` is a plain mutable attribute,
     and `lognorm_until_step` (None = never switch off) makes `training_losses(..., step=s)` draw t
     uniformly once s >= lognorm_until_step. train.py passes its global optimizer step (0-based,
-    number of completed updates); the 800-epoch recipe uses 600_000 (REFERENCE 3.6).
+    number of completed updates); the 800-epoch recipe uses 600_000 (docs/reference_behaviour.md §3.6).
     """
 
     def __init__(self, *, model_type: ModelType, path_type: PathType, loss_type: WeightType,
@@ -80,7 +79,7 @@ class Transport:
     def check_interval(self, train_eps: float, sample_eps: float, *, diffusion_form: str = "SBDM",
                        sde: bool = False, reverse: bool = False, eval: bool = False,
                        last_step_size: float = 0.0) -> Tuple[float, float]:
-        """The (t0, t1) integration / training interval of REFERENCE 2.4.
+        """The (t0, t1) integration / training interval of docs/reference_behaviour.md §2.4.
 
         Fix: for SDE sampling on the Linear/GVP paths an eps of 0 (velocity models) is replaced by
         `self.sde_eps`, because the SBDM diffusion and the score are singular at t = 0 and t = 1.
@@ -93,7 +92,7 @@ class Transport:
             t1 = 1 - eps if (not sde or last_step_size == 0) else 1 - last_step_size
         elif self.model_type != ModelType.VELOCITY or sde:
             if sde and eps == 0:
-                eps = self.sde_eps  # fix of the upstream NaN (REFERENCE 2.6)
+                eps = self.sde_eps  # fix of the upstream NaN (docs/reference_behaviour.md §2.6)
             not_velocity = self.model_type != ModelType.VELOCITY
             t0 = eps if (diffusion_form == "SBDM" and sde) or not_velocity else 0.0
             t1 = 1 - eps if (not sde or last_step_size == 0) else 1 - last_step_size
@@ -155,7 +154,7 @@ class Transport:
         if self.model_type == ModelType.VELOCITY:
             terms["loss"] = mean_flat((pred - ut) ** 2)
             if self.use_cosine_loss:
-                # cosine along channels at each location, then the mean over H, W (REFERENCE 2.3)
+                # cosine along channels at each location, then the mean over H, W (docs/reference_behaviour.md §2.3)
                 terms["cos_loss"] = mean_flat(1 - F.cosine_similarity(pred, ut, dim=1))
         else:
             _, drift_var = self.path_sampler.compute_drift(xt, t)
@@ -207,7 +206,7 @@ class Sampler:
         self.score = transport.get_score()
 
     def ode_grid(self, num_steps: int, timestep_shift: float = 0.0, reverse: bool = False) -> Tensor:
-        """The ODE time grid (num_steps,) float32 on the CPU (REFERENCE 2.5); flipped if reverse."""
+        """The ODE time grid (num_steps,) float32 on the CPU (docs/reference_behaviour.md §2.5); flipped if reverse."""
         tr = self.transport
         t0, t1 = tr.check_interval(tr.train_eps, tr.sample_eps, sde=False, eval=True)
         grid = time_grid(t0, t1, num_steps, timestep_shift)
@@ -236,7 +235,7 @@ class Sampler:
                    diffusion_norm: float = 1.0, last_step: Optional[str] = "Mean",
                    last_step_size: float = 0.04, num_steps: int = 250, *,
                    generator: Optional[torch.Generator] = None) -> Callable[..., Tensor]:
-        """Reverse-diffusion SDE sampler dx = (v + g s) dt + sqrt(2 g) dW (REFERENCE 2.6).
+        """Reverse-diffusion SDE sampler dx = (v + g s) dt + sqrt(2 g) dW (docs/reference_behaviour.md §2.6).
 
         The grid is linspace(t0, t1, num_steps) with t1 = 1 - last_step_size; the last step
         ('Mean': x + (v + g s) * last_step_size, 'Tweedie': E[x1 | x], 'Euler': x + v *
@@ -284,7 +283,7 @@ class Sampler:
                               atol: float = 1e-6, rtol: float = 1e-3, *,
                               divergence: str = "hutchinson",
                               generator: Optional[torch.Generator] = None) -> Callable[..., Tuple[Tensor, Tensor]]:
-        """Log-likelihood of data under the probability-flow ODE (REFERENCE 2.7, fixed).
+        """Log-likelihood of data under the probability-flow ODE (docs/reference_behaviour.md §2.7, fixed).
 
         Integrates from the data end t1 to the noise end t0 (num_steps grid points, unshifted).
         divergence='exact' takes the Jacobian trace with one autograd pass per dimension (small

@@ -1,13 +1,17 @@
 """Atomic file writes: a crash never leaves a half-written checkpoint, shard or result file.
 
 Each writer writes to a temporary file in the destination directory, flushes it to disk, then
-renames it over the destination (`os.replace` is atomic on POSIX and Windows).
+renames it over the destination (`os.replace` is atomic on POSIX and Windows). A full disk or an
+unwritable destination raises `WriteError` with a one-line message naming the destination ("no
+space left on device while writing PATH", "cannot write PATH: ..."); the previous file stays.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
@@ -17,21 +21,54 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
+_NO_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+class WriteError(OSError):
+    """A write that failed for a reason the user must fix (disk full, no permission); str() is
+    one line naming the destination."""
+
+    def __init__(self, err_no: int, message: str):
+        super().__init__(err_no, message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+def write_error(err: OSError, path: PathLike) -> OSError:
+    """`err` as a WriteError naming `path` when it is a disk-full or permission error, else `err`."""
+    if isinstance(err, WriteError):
+        return err
+    if err.errno in _NO_SPACE:
+        return WriteError(err.errno, f"no space left on device while writing {path}")
+    if err.errno in _NO_PERMISSION:
+        return WriteError(err.errno, f"cannot write {path}: {err.strerror or os.strerror(err.errno)}")
+    return err
+
+
 @contextmanager
 def atomic_path(path: PathLike) -> Iterator[str]:
     """Yield a temporary path next to `path`; on success it is renamed to `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        mapped = write_error(err, path)
+        if mapped is err:
+            raise
+        raise mapped from err
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
 
 
@@ -41,10 +78,54 @@ def atomic_write(path: PathLike, write: Callable[[str], Any]) -> None:
         write(tmp)
 
 
+class _RecordingWriter:
+    """A binary file for torch.save that remembers the first OSError of a write: torch reports a
+    failed write as an opaque RuntimeError ("unexpected pos"), dropping ENOSPC."""
+
+    def __init__(self, f):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        try:
+            self.f.flush()
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+
+def _torch_save_to(obj: Any, tmp: str) -> None:
+    import torch
+    with open(tmp, "wb") as f:
+        writer = _RecordingWriter(f)
+        try:
+            torch.save(obj, writer)
+            writer.flush()
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+
+
 def atomic_torch_save(obj: Any, path: PathLike) -> None:
     """`torch.save(obj, path)`, atomically."""
-    import torch
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    atomic_write(path, lambda tmp: _torch_save_to(obj, tmp))
+
+
+def require_torch_file(path: PathLike, what: str = "PyTorch checkpoint") -> None:
+    """Raise ValueError("not a PyTorch checkpoint: PATH") unless `path` starts like a file that
+    torch.save writes (a zip archive, or a legacy pickle): a text or image file given as weights
+    otherwise fails deep inside torch.load with an unrelated message (e.g. `KeyError: 101`)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise ValueError(f"not a {what}: {path}")
 
 
 def atomic_write_json(obj: Any, path: PathLike) -> None:
@@ -62,3 +143,18 @@ def atomic_write_text(text: str, path: PathLike) -> None:
         with open(tmp, "w") as f:
             f.write(text)
     atomic_write(path, write)
+
+
+def require_intact_torch_file(path: PathLike, what: str = "PyTorch checkpoint") -> None:
+    """`require_torch_file`, and for the zip format also its central directory (read from the end
+    of the file, cheap): a truncated copy is named here instead of failing inside torch.load with
+    'PytorchStreamReader failed reading zip archive'."""
+    require_torch_file(path, what)
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    if is_zip:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                archive.infolist()
+        except (zipfile.BadZipFile, OSError) as err:
+            raise ValueError(f"{path}: truncated or corrupt {what} ({err})") from None

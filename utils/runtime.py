@@ -28,8 +28,6 @@ class Runtime:
     device: torch.device
     rank: int
     world_size: int
-    local_rank: int
-    run_dir: Optional[Path]
     logger: logging.Logger
 
     @property
@@ -63,8 +61,7 @@ def tune_cpu_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <
 
     By default glibc serves blocks over a dynamic threshold (128 KiB rising to 32 MiB) with fresh
     mmap pages and unmaps them on free, so activations of a CPU training step are page-faulted in
-    anew; on this kind of virtual machine that was ~6,000 faults and ~0.14 s of a 0.48 s bf16 step
-    of the benchmark model.
+    anew, a measurable share of a small model's step (see the README's hardware notes).
     Fixing the mmap threshold at its maximum and raising the trim threshold makes the allocator
     reuse that memory (the process keeps its peak RSS instead). Returns True when applied; a no-op
     on other C libraries or with LIGHTNINGDIT_KEEP_MALLOC=1."""
@@ -92,11 +89,15 @@ def setup_runtime(run_dir: Optional[str] = None, seed: Optional[int] = None,
     `seed` is the global seed; rank r is seeded with `rank_seed(seed, r, world_size)`.
     """
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
     kwargs = {} if mixed_precision is None else {"mixed_precision": mixed_precision}
     if not torch.cuda.is_available():
         kwargs["cpu"] = True
-        tune_cpu_allocator()
+        tune_cpu_allocator()  # CPU only: on a GPU host the activations live in device memory
+    # DDP (the trainer's one wrapper): gradients are views into the all-reduce buckets, which
+    # saves one copy of every gradient per step and its memory; the numbers are unchanged.
+    kwargs["kwargs_handlers"] = [DistributedDataParallelKwargs(gradient_as_bucket_view=True)]
     accelerator = Accelerator(**kwargs)
     if torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -112,4 +113,4 @@ def setup_runtime(run_dir: Optional[str] = None, seed: Optional[int] = None,
     logger.info("processes: %d, device: %s, mixed precision: %s", world, accelerator.device,
                 accelerator.mixed_precision)
     return Runtime(accelerator=accelerator, device=accelerator.device, rank=rank, world_size=world,
-                   local_rank=accelerator.local_process_index, run_dir=path, logger=logger)
+                   logger=logger)

@@ -1,4 +1,4 @@
-"""Tests for models/checkpoint.py: file layouts of REFERENCE.md 3.7, strictness, error messages."""
+"""Tests for models/checkpoint.py: file layouts of docs/reference_behaviour.md §3.7, strictness, error messages."""
 import pytest
 import torch
 

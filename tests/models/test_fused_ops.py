@@ -8,7 +8,7 @@ from models.fused_ops import RMSNormModulate, SiLUGate, rms_norm_modulate
 
 
 def reference_norm_modulate(x, weight, shift, scale, eps=1e-6):
-    """RMSNorm as REFERENCE.md writes it, then the DiT modulate."""
+    """RMSNorm as docs/reference_behaviour.md writes it, then the DiT modulate."""
     xf = x.float()
     h = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * weight
     h = h * (1 + scale.unsqueeze(1))

@@ -1,5 +1,5 @@
 """Tests for models/lightningdit.py against closed forms, invariants and an independent plain
-formulation written here from REFERENCE.md section 1 (einops RoPE, explicit softmax attention,
+formulation written here from docs/reference_behaviour.md §1 (einops RoPE, explicit softmax attention,
 written-out RMSNorm, rearrange unpatchify), reading the weights from the state dict only."""
 import copy
 import itertools
@@ -20,7 +20,7 @@ RELEASED = dict(input_size=16, in_channels=32, use_swiglu=True, use_rope=True, u
 
 
 # ----------------------------------------------------------------------------------------------
-# Expected state-dict table (REFERENCE.md 11.1), written from the formulas
+# Expected state-dict table (docs/reference_behaviour.md §11.1), written from the formulas
 # ----------------------------------------------------------------------------------------------
 
 def expected_shapes(D, depth, heads, p, C=32, input_size=16, learn_sigma=False, use_qknorm=False,
@@ -79,7 +79,7 @@ def test_xl1_released_key_count_and_parameters():
     assert sum(p.numel() for p in m.parameters() if p.requires_grad) == 674_961_824
     assert {k: tuple(v.shape) for k, v in sd.items()} == expected_shapes(1152, 28, 16, 1, **{
         k: v for k, v in RELEASED.items() if k != "in_channels"})
-    # No non-persistent buffers: every buffer is in the state dict (REFERENCE.md 1.3).
+    # No non-persistent buffers: every buffer is in the state dict (docs/reference_behaviour.md §1.3).
     assert {n for n, _ in m.named_buffers()} == {"feat_rope.freqs_cos", "feat_rope.freqs_sin"}
     assert all(v.dtype == torch.float32 for v in sd.values())
 
@@ -100,7 +100,7 @@ def test_state_dict_table_variants(change):
 
 
 def test_registry_sizes():
-    # (depth, hidden, patch, heads) fixed by the registry; params (M) from REFERENCE.md 1.1.
+    # (depth, hidden, patch, heads) fixed by the registry; params (M) from docs/reference_behaviour.md §1.1.
     table = {"B/1": (12, 768, 1, 12, 130.56), "B/2": (12, 768, 2, 12, 130.56), "L/2": (24, 1024, 2, 16, 458.15),
              "XL/1": (28, 1152, 1, 16, 675.26), "XL/2": (28, 1152, 2, 16, 675.26),
              "1p0B/1": (24, 1536, 1, 24, 1029.40), "1p0B/2": (24, 1536, 2, 24, 1029.40),

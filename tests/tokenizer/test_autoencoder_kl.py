@@ -1,5 +1,5 @@
 """AutoencoderKL (tokenizer/autoencoder.py, tokenizer/distributions.py) against closed forms and a
-plain re-statement of the LDM blocks (REFERENCE.md §5.2-5.3, §11.2)."""
+plain re-statement of the LDM blocks (docs/reference_behaviour.md §5.2-5.3, §11.2)."""
 import math
 
 import numpy as np
@@ -156,7 +156,7 @@ def test_f16_shape_contract_256px():
 
 
 def expected_f16d32_table(E=32, mar=False):
-    """Key -> shape from the formulas of REFERENCE.md §11.2."""
+    """Key -> shape from the formulas of docs/reference_behaviour.md §11.2."""
     c = (128, 128, 256, 256, 512)
     c_in = (128, 128, 128, 256, 256)
     t = {}

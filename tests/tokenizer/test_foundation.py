@@ -87,7 +87,10 @@ def test_missing_weights_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="timm/vit_large_patch16_224.mae"):
         FoundationModel("mae", weights=None, model_kwargs=TINY)
     with pytest.raises(ValueError, match="unknown foundation model"):
-        FoundationModel("clip", random_init=True)
+        FoundationModel("siglip", random_init=True)
+    # `{embed_dim:32}` without a space parses as the key 'embed_dim:32' with no value
+    with pytest.raises(ValueError, match="'embed_dim:32'"):
+        FoundationModel("dinov2", random_init=True, model_kwargs={"embed_dim:32": None})
 
 
 def test_large_configs_on_meta():
@@ -98,3 +101,85 @@ def test_large_configs_on_meta():
     assert dino.feature_dim == mae.feature_dim == 1024
     assert (dino.patch_size, mae.patch_size) == (14, 16)
     assert len(dino.model.state_dict()) == 342 and len(mae.model.state_dict()) == 294
+
+
+# Tiny SAM: 64 px native input, 4-px patches -> a 16 x 16 token grid, 16-channel neck.
+TINY_SAM = dict(img_size=64, patch_size=4, embed_dim=32, depth=2, num_heads=2, window_size=4,
+                global_attn_indexes=(1,), neck_chans=16)
+
+
+def test_clip_projected_patch_tokens(x256):
+    """CLIP: patch grid = latent grid, tokens after ln_post through the 512-d image projection."""
+    torch.manual_seed(0)
+    fm = FoundationModel("clip", random_init=True, model_kwargs=TINY)
+    assert fm.feature_dim == 512 and fm.patch_size == 16
+    out = fm(x256)
+    assert out.shape == (2, 512, 16, 16)                  # 256 px at f16: 16 x 16, as the latent
+    tokens = fm.model.forward_features(x256)              # unresized at 256 px
+    proj = tokens[:, 1:] @ fm.model.head.weight.T + fm.model.head.bias
+    assert torch.allclose(out[0, :, 2, 7], proj[0, 2 * 16 + 7], atol=1e-5)
+    assert torch.allclose(out.flatten(2).transpose(1, 2), proj, atol=1e-5)
+    # a 32 px image for an 8 x 8 latent is resized to 8 x 16 = 128 px (bilinear, as DINOv2)
+    small = fm(x256[:, :, :32, :32], grid=(8, 8))
+    up = F.interpolate(x256[:, :, :32, :32], size=(128, 128), mode="bilinear", align_corners=False)
+    assert torch.allclose(small.flatten(2).transpose(1, 2), fm.model.head(fm.model.forward_features(up)[:, 1:]),
+                          atol=1e-5)
+    # CLIP's own normalisation
+    fm_norm = FoundationModel("clip", random_init=True, normalize_input=True, model_kwargs=TINY)
+    fm_norm.load_state_dict(fm.state_dict())
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    assert torch.allclose(fm_norm(x256), fm(((x256 + 1) / 2 - mean) / std), atol=1e-5)
+
+
+def test_sam_native_input_pooled_to_latent_grid(x256):
+    """SAM: resized to its native input, the neck's grid area-averaged to the latent grid."""
+    torch.manual_seed(0)
+    fm = FoundationModel("sam", random_init=True, model_kwargs=TINY_SAM)
+    assert fm.feature_dim == 16 and fm.native_size == (64, 64)
+    out = fm(x256, grid=(4, 4))                            # e.g. a 4 x 4 latent
+    assert out.shape == (2, 16, 4, 4)
+    native = F.interpolate(x256, size=(64, 64), mode="bilinear", align_corners=False)
+    neck = fm.model.forward_features(native)               # (2, 16, 16, 16)
+    assert neck.shape == (2, 16, 16, 16)
+    # latent cell (1, 2) is the mean of neck cells [4:8, 8:12]
+    assert torch.allclose(out[1, :, 1, 2], neck[1, :, 4:8, 8:12].mean(dim=(-1, -2)), atol=1e-5)
+    assert torch.allclose(out, F.avg_pool2d(neck, 4), atol=1e-5)
+    # the same image at another resolution reaches the same native input
+    assert fm(x256[:, :, ::2, ::2], grid=(16, 16)).shape == (2, 16, 16, 16)
+    assert torch.allclose(fm(x256, grid=(16, 16)), neck, atol=1e-5)
+
+
+def test_sam_clip_weights_and_missing_file(tmp_path, x256):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    sam = FoundationModel("sam", random_init=True, model_kwargs=TINY_SAM)
+    # original segment-anything release: 'image_encoder.*' keys (plus prompt encoder / decoder)
+    orig = {f"image_encoder.{k}": v.clone() for k, v in sam.model.state_dict().items()}
+    orig = {k.replace("mlp.fc", "mlp.lin"): v for k, v in orig.items()}
+    orig["mask_decoder.iou_token.weight"] = torch.zeros(1, 16)
+    torch.save(orig, tmp_path / "sam_vit_l.pth")
+    torch.manual_seed(1)
+    loaded = FoundationModel("sam", weights=str(tmp_path / "sam_vit_l.pth"), model_kwargs=TINY_SAM)
+    assert torch.equal(loaded(x256, grid=(4, 4)), sam(x256, grid=(4, 4)))
+    clip = FoundationModel("clip", random_init=True, model_kwargs=TINY)
+    save_file({k: v.clone() for k, v in clip.model.state_dict().items()}, str(tmp_path / "clip.safetensors"))
+    torch.manual_seed(2)
+    loaded = FoundationModel("clip", weights=str(tmp_path / "clip.safetensors"), model_kwargs=TINY)
+    assert torch.equal(loaded(x256), clip(x256))
+    for name, hub in (("sam", "timm/samvit_large_patch16.sa1b"), ("clip", "timm/vit_base_patch16_clip_224.openai")):
+        missing = tmp_path / f"{name}_missing.safetensors"
+        with pytest.raises(FileNotFoundError, match=f"{missing}.*{hub}"):
+            FoundationModel(name, weights=str(missing), model_kwargs=TINY_SAM if name == "sam" else TINY)
+
+
+def test_sam_clip_full_size_on_meta():
+    """Full-size SAM ViT-L and CLIP ViT-B/16: feature widths and parameter counts (no allocation)."""
+    with torch.device("meta"):
+        sam = FoundationModel("sam", random_init=True)
+        clip = FoundationModel("clip", random_init=True)
+    assert (sam.feature_dim, sam.native_size, sam.patch_size) == (256, (1024, 1024), 16)
+    assert (clip.feature_dim, clip.patch_size) == (512, 16)
+    assert round(sum(p.numel() for p in sam.parameters()) / 1e6) == 308     # SAM ViT-L image encoder
+    assert round(sum(p.numel() for p in clip.parameters()) / 1e6) == 86      # CLIP ViT-B/16 image tower

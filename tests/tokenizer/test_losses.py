@@ -43,7 +43,7 @@ def test_vf_loss_hand_computed_margins():
 
 
 def _plain_vf_loss(z, f, m2, m1):
-    """Loop implementation of REFERENCE.md §6.6 (independent of the vectorised one)."""
+    """Loop implementation of docs/reference_behaviour.md §6.6 (independent of the vectorised one)."""
     B, C, H, W = z.shape
     tz = z.reshape(B, C, H * W)
     tf = f.reshape(B, C, H * W)

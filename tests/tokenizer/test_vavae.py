@@ -62,7 +62,7 @@ def test_missing_ckpt_is_an_error_unless_random_init(tmp_path, caplog):
     with pytest.raises(ValueError, match="model.params.ddconfig"):
         VA_VAE(tmp_path / "bad.yaml", random_init=True)
     with pytest.raises(ValueError, match="unknown tokenizer"):
-        build_tokenizer("sdvae", tmp_path / "bad.yaml")
+        build_tokenizer("no_such_tokenizer", tmp_path / "bad.yaml")
 
 
 def test_img_transform_adm_center_crop_hand_computed():

@@ -127,6 +127,8 @@ def test_evaluate_uses_stored_reference_statistics(tmp_path, monkeypatch):
 
 def test_cli_without_weights_names_the_file(tmp_path, monkeypatch):
     monkeypatch.delenv("ADM_INCEPTION_WEIGHTS", raising=False)
+    for name in ("ref.npz", "sample.npz"):  # valid batches: the headers are checked before the weights
+        np.savez(tmp_path / name, _images(4, 8, 8, seed=0))
     with pytest.raises(FileNotFoundError, match="pt_inception-2015-12-05-6726825d.pth"):
         ev.main([str(tmp_path / "ref.npz"), str(tmp_path / "sample.npz"), "--device", "cpu"])
 

@@ -1,4 +1,4 @@
-"""Latent-uniformity metrics (REFERENCE 7.5) on distributions with known answers."""
+"""Latent-uniformity metrics (docs/reference_behaviour.md §7.5) on distributions with known answers."""
 import numpy as np
 import pytest
 import torch

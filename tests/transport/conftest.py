@@ -35,7 +35,7 @@ class GaussianLinearFlow:
 
 class TinyCFGModel(nn.Module):
     """Deterministic stand-in with LightningDiT's forward / forward_with_cfg semantics
-    (REFERENCE 1.10; cfg_channels=None guides all channels)."""
+    (docs/reference_behaviour.md §1.10; cfg_channels=None guides all channels)."""
 
     def __init__(self, channels: int = 4, num_classes: int = 10, hidden: int = 16, seed: int = 0):
         super().__init__()

@@ -11,7 +11,7 @@ NULL = 10  # TinyCFGModel's null class (num_classes)
 
 
 def reference_cfg(sampler_fn, z, model, y, null, **cfg):
-    """The reference path (REFERENCE 7.1): doubled batch through forward_with_cfg, first half kept."""
+    """The reference path (docs/reference_behaviour.md §7.1): doubled batch through forward_with_cfg, first half kept."""
     z2 = torch.cat([z, z])
     y2 = torch.cat([y, torch.full_like(y, null)])
     return sampler_fn(z2, model.forward_with_cfg, y=y2, **cfg)[:, : len(z)]
@@ -23,7 +23,7 @@ def test_released_setting_skips_73_of_249():
     assert len(times) == 249
     guided = needs_uncond(times, True, 0.11)
     assert int((~guided).sum()) == 73
-    # REFERENCE 2.5: 181 / 176 / 168 guided evaluations for starts 0.10 / 0.11 / 0.125, 221 unshifted
+    # docs/reference_behaviour.md §2.5: 181 / 176 / 168 guided evaluations for starts 0.10 / 0.11 / 0.125, 221 unshifted
     assert [int(needs_uncond(times, True, s).sum()) for s in (0.10, 0.11, 0.125)] == [181, 176, 168]
     plain = fixed_grid_eval_times(sampler.ode_grid(250, 0.0), "euler")
     assert int(needs_uncond(plain, True, 0.11).sum()) == 221

@@ -248,7 +248,7 @@ def make_loss_fn() -> (Callable, str):
 class Runner:
     def __init__(self, model: nn.Module, loss_fn, x, y, bf16: bool, device, optimizer: str = "fused"):
         self.model, self.loss_fn, self.x, self.y, self.device = model, loss_fn, x, y, device
-        # The recipe's AdamW (lr 2e-4, betas (0.9, 0.95), no weight decay, REFERENCE.md 3.3). On CPU
+        # The recipe's AdamW (lr 2e-4, betas (0.9, 0.95), no weight decay, docs/reference_behaviour.md §3.3). On CPU
         # torch defaults to the per-tensor loop; the fused kernel gives the same update far faster.
         impl = {"fused": dict(fused=True), "foreach": dict(foreach=True), "loop": dict(foreach=False)}[optimizer]
         self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4,

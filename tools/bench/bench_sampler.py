@@ -5,7 +5,7 @@ start 0.11, cfg scale 10) on a small randomly initialised LightningDiT (released
 RoPE, RMSNorm; default hidden 384, depth 6, heads 6, patch 1, 16x16x32 latents):
 
 - reference: the doubled batch cat[z, z] through `model.forward_with_cfg` at all 249 steps
-  (REFERENCE 7.1), first half kept;
+  (docs/reference_behaviour.md §7.1), first half kept;
 - skip: `transport.make_guided_sampler`, which runs only the n conditional rows at the 73 steps
   outside the interval.
 

@@ -1,0 +1,35 @@
+"""Validation at the door for inference.py: the checkpoint, tokenizer config and latent stats the
+config names are checked before any process group, network or output folder exists (one-line
+ValueError / FileNotFoundError naming the file and what is wrong)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets.img_latent_dataset import load_latent_stats
+from models.build import latent_size
+from models.checkpoint import RELEASED_CHECKPOINTS_HINT
+from sampling.pipeline import tokenizer_config_path
+from utils.fileio import require_intact_torch_file
+
+
+def check_sampling_inputs(cfg) -> None:
+    """`ckpt_path` (set, a file, a PyTorch/safetensors file), the tokenizer YAML, and with
+    `data.latent_norm` the stats (finite, positive std, `model.in_chans` channels)."""
+    latent_size(cfg)
+    if not cfg.ckpt_path:
+        raise ValueError("ckpt_path is not set (top-level config key; e.g. "
+                         "ckpt_path=output/EXP/checkpoints/0080000.pt)")
+    ckpt = Path(cfg.ckpt_path)
+    if not ckpt.is_file():
+        raise FileNotFoundError(f"LightningDiT checkpoint not found: {ckpt} ({RELEASED_CHECKPOINTS_HINT})")
+    if ckpt.suffix != ".safetensors":
+        require_intact_torch_file(ckpt)
+    tok = tokenizer_config_path(cfg)
+    if not tok.is_file():
+        raise FileNotFoundError(f"tokenizer config not found: {tok} (vae.config_path or "
+                                f"configs/tokenizer/{{vae.model_name}}.yaml)")
+    if cfg.data.latent_norm:
+        mean, _ = load_latent_stats(cfg.data.data_path)
+        if mean.shape[1] != cfg.model.in_chans:
+            raise ValueError(f"{Path(cfg.data.data_path) / 'latents_stats.pt'}: stats have {mean.shape[1]} "
+                             f"channels, the model has model.in_chans = {cfg.model.in_chans}")

@@ -1,0 +1,56 @@
+"""Validation at the door for train.py: every file the config names is checked before any
+output directory is created or any network is built (one-line ValueError / FileNotFoundError
+naming the file and what is wrong)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets.img_latent_dataset import validate_latents
+from models.build import latent_size
+from utils.fileio import require_intact_torch_file, require_torch_file
+
+
+def check_training_inputs(cfg) -> None:
+    """Latent shards (keys, dtypes, non-empty, shape vs the model, labels vs data.num_classes),
+    their stats (finite, positive std), the validation latents and the warm-start file."""
+    grid = latent_size(cfg)
+    shards = validate_latents(cfg.data.data_path, cfg.model.in_chans, grid, cfg.data.num_classes,
+                              cfg.data.latent_norm)
+    if cfg.data.valid_path and cfg.train.valid_every:
+        validate_latents(cfg.data.valid_path, cfg.model.in_chans, grid, cfg.data.num_classes,
+                         latent_norm=False)
+    if len(shards) < cfg.train.global_batch_size:
+        raise ValueError(f"{cfg.data.data_path}: {len(shards)} latents, fewer than one global batch "
+                         f"(train.global_batch_size = {cfg.train.global_batch_size})")
+    if cfg.train.weight_init:
+        path = Path(cfg.train.weight_init)
+        if not path.is_file():
+            raise FileNotFoundError(f"train.weight_init checkpoint not found: {path}")
+        if path.suffix != ".safetensors":
+            require_intact_torch_file(path)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".JPEG", ".JPG", ".PNG")
+
+
+def check_tokenizer_training_inputs(cfg) -> None:
+    """train_tokenizer.py: the image folders hold images, and `init_weight` / `train.resume_from`
+    are PyTorch files, before the run directory is created."""
+    splits = [("data.params.train.data_root", cfg.data.params.train.data_root),
+              ("data.params.validation.data_root", cfg.data.params.validation.data_root)]
+    for key, root in splits:
+        if root is None:
+            if key.endswith("train.data_root"):
+                raise ValueError(f"'{key}' is not set (an image folder)")
+            continue
+        path = Path(root)
+        if not path.is_dir():
+            raise FileNotFoundError(f"image folder not found: {root} ({key})")
+        if next((p for p in path.rglob("*") if p.suffix in IMAGE_SUFFIXES), None) is None:
+            raise ValueError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES[:5])}) in this folder ({key})")
+    for key, value in (("init_weight", cfg.init_weight), ("train.resume_from", cfg.train.resume_from)):
+        if value:
+            if not Path(value).is_file():
+                raise FileNotFoundError(f"{key} checkpoint not found: {value}")
+            if Path(value).suffix != ".safetensors":
+                require_torch_file(value)
