@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from configs.schema import SampleConfig, TrainConfig, parse_cli
+from configs.schema import SampleConfig, TrainConfig, TransportConfig, parse_cli
 from datasets.order import STREAM_DEMO, STREAM_SDE, sample_labels, sample_noise, work_plan
 from models.build import build_model, latent_size, should_compile
 from sampling import Decoder, LatentSampler
@@ -99,6 +99,8 @@ def sample_folder_name(cfg) -> str:
         name += f"-interval{s.cfg_interval_start:.2f}-cfg{s.cfg_scale:.2f}-shift{s.timestep_shift:.2f}"
     if s.mode != ref.mode:
         name += f"-{s.mode.lower()}"
+    if cfg.transport.objective != TransportConfig().objective:
+        name += f"-{cfg.transport.objective}"
     if s.cfg_channels != ref.cfg_channels and s.cfg_scale > 1.0:
         name += f"-cfgch{s.cfg_channels}"
     if s.label_mode != ref.label_mode:
@@ -211,7 +213,8 @@ def protocol(cfg, world_size: int, device: torch.device, digests: Optional[dict]
     ckpt = Path(cfg.ckpt_path)
     return {
         "ckpt_path": str(ckpt.resolve()), "ckpt_bytes": ckpt.stat().st_size,
-        "model_type": cfg.model.model_type, "mode": s.mode, "sampler": s.sampling_method,
+        "model_type": cfg.model.model_type, "objective": cfg.transport.objective, "mode": s.mode,
+        "sampler": s.sampling_method,
         "steps": s.num_sampling_steps, "atol": s.atol, "rtol": s.rtol,
         "cfg_scale": s.cfg_scale, "cfg_interval": s.cfg_scale > 1.0,
         "cfg_interval_start": s.cfg_interval_start, "timestep_shift": s.timestep_shift,
@@ -243,6 +246,7 @@ def check_protocol(path: Path, new: dict) -> None:
         logger.warning("%s predates content hashes: %s not verified (only paths and sizes are compared)",
                        path, ", ".join(_INPUT_DIGESTS[k] for k in unverified))
     free = _PROTOCOL_FREE + (_PROTOCOL_LOCATION if "ckpt_sha256" in old else ()) + tuple(_INPUT_DIGESTS)
+    old.setdefault("objective", TransportConfig().objective)  # folders sampled before the key existed
     diff = [k for k in new if k not in free and old.get(k) != new[k]]
     if diff:
         raise ValueError(f"{path}: existing samples were made with different settings "

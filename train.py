@@ -50,7 +50,7 @@ def main(argv: Optional[List[str]] = None) -> Path:
     logger.info("config: %s", to_container(cfg))
 
     # Model + EMA + optimizer, resumed from the newest checkpoint if asked, then wrapped once.
-    nets = build_networks(cfg, rt.device)
+    nets = build_networks(cfg)
     start_step, history, resumed_from = resume(nets, ckpt_dir, cfg, rt)
     prepare(nets, cfg, rt)
 

@@ -285,12 +285,14 @@ def attribute_to_override(err: ValueError, path: Optional[str], overrides: Seque
     """Re-attribute a validation error about key K to the override that set K, if any."""
     text = str(err)
     match = re.search(r"'([\w.]+)'", text)
-    if match:
-        for item in reversed(list(overrides)):
-            if item.split("=", 1)[0].strip() == match.group(1):
-                prefix = f"{path}: " if path else "config: "
-                return ValueError(f"override '{item}': {text[len(prefix):] if text.startswith(prefix) else text}")
-    return err
+    keyed = [(item, item.split("=", 1)[0].strip()) for item in reversed(list(overrides))]
+    # The key the message quotes first, else any overridden key the message names.
+    culprit = next((item for item, key in keyed if match and key == match.group(1)), None) or next(
+        (item for item, key in keyed if re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", text)), None)
+    if culprit is None:
+        return err
+    prefix = f"{path}: " if path else "config: "
+    return ValueError(f"override '{culprit}': {text[len(prefix):] if text.startswith(prefix) else text}")
 
 
 def _first_line(text: str) -> str:

@@ -84,7 +84,7 @@ def create_npz_from_sample_folder(sample_dir: str, num: int | None = None) -> st
     if num is None:
         num = len(indices)
     if num < 1:
-        raise ValueError(f"no {{i:06d}}.png samples to pack in {sample_dir} (num={num})")
+        raise ValueError(f"no NNNNNN.png samples (000000.png, ...) to pack in {sample_dir} (num={num})")
     missing = sorted(set(range(num)) - set(indices))
     if missing:
         raise ValueError(f"{sample_dir}: {len(missing)} of {num} samples missing, first {missing[0]:06d}.png")

@@ -242,7 +242,7 @@ TRAIN_RANGES = {
     "data.params.validation.size": POSITIVE, "data.params.validation.max_images": POSITIVE,
     "lightning.trainer.num_nodes": POSITIVE, "lightning.trainer.max_epochs": POSITIVE,
     "train.seed": NON_NEGATIVE, "train.max_steps": POSITIVE, "train.log_every": POSITIVE,
-    "train.sample_every": POSITIVE, "train.num_sample_images": NON_NEGATIVE, "train.val_every": POSITIVE,
+    "train.sample_every": POSITIVE, "train.num_sample_images": POSITIVE, "train.val_every": POSITIVE,
     "train.val_max_batches": POSITIVE, "train.ckpt_every": POSITIVE, "train.keep_last_n": POSITIVE,
 }
 

@@ -31,7 +31,7 @@ from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
 
-from tokenizer.factory import TOKENIZERS, build_tokenizer
+from tokenizer.factory import TOKENIZERS, build_tokenizer, tokenizer_type
 from tokenizer.vavae import to_uint8_nhwc
 from utils.fileio import atomic_write_json
 
@@ -118,7 +118,8 @@ def finite_mean(v: torch.Tensor) -> float:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="configs/tokenizer/vavae_f16d32.yaml", help="tokenizer YAML")
-    p.add_argument("--model-type", default="vavae", choices=sorted(TOKENIZERS))
+    p.add_argument("--model-type", default=None, choices=sorted(TOKENIZERS),
+                   help="tokenizer wrapper (default: the YAML's `tokenizer:` key, vavae when absent)")
     p.add_argument("--ckpt-path", default=None, help="override the YAML's ckpt_path")
     p.add_argument("--data-path", required=True, help="ImageFolder root, e.g. ImageNet val")
     p.add_argument("--output", default=None, help="JSON file (default output/tokenizer_eval/<config>.json)")
@@ -179,7 +180,8 @@ def main(argv: list[str] | None = None) -> dict:
         from evaluation.adm_metrics import compute_statistics, frechet_distance
         from evaluation.inception import InceptionFeatureExtractor
         extractor = InceptionFeatureExtractor(args.inception_weights, device, random_init=args.random_init)
-    tokenizer = build_tokenizer(args.model_type, args.config, img_size=args.image_size, fp16=args.fp16,
+    model_type = args.model_type or tokenizer_type(args.config)
+    tokenizer = build_tokenizer(model_type, args.config, img_size=args.image_size, fp16=args.fp16,
                                 device=device, ckpt_path=args.ckpt_path, random_init=args.random_init)
 
     transform = (tokenizer.img_transform(p_hflip=0.0) if args.preprocess == "adm"
@@ -226,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
             mu_ref, sigma_ref = compute_statistics(ref_all.cpu().numpy())
             results["rFID"] = float(frechet_distance(mu_rec, sigma_rec, mu_ref, sigma_ref))
     results.update({
-        "config": args.config, "model_type": args.model_type,
+        "config": args.config, "model_type": model_type,
         "ckpt_path": None if args.random_init else tokenizer.ckpt_path,
         "preprocess": args.preprocess, "image_size": args.image_size, "seed": args.seed,
         "world_size": rt.world_size, "fp16": args.fp16, "posterior": args.posterior,

@@ -5,6 +5,8 @@
 #   WORLD_SIZE    number of nodes (default 1)      RANK / NODE_RANK  this node's rank (default 0)
 #   MASTER_ADDR   (default 127.0.0.1)               MASTER_PORT       (default 1235)
 #   PRECISION     accelerate mixed precision: no | bf16 | fp16 (default: no; run_train.sh: bf16)
+#   LAUNCH_LOG    file for the launcher's own traceback when the script fails (default:
+#                 $TMPDIR/launch-SCRIPT-PID.log); the script's error stays the last line shown
 # On a machine without CUDA the processes run on CPU with the gloo backend (ACCELERATE_USE_CPU=1;
 # `accelerate launch --cpu` would silently start one process; see the README's hardware notes).
 LAUNCH_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -300,7 +300,9 @@ def write_table(rows: List[dict], path: Path, readme_rows: List[dict]) -> None:
         "`python tools/reliability_audit.py` (CPU, no weights: tiny configs, synthetic latents, random-init",
         "tokenizer and Inception). A case passes when the exit status is the expected one (non-zero for a",
         "bad input, 0 for `--help`), the last line of output names the culprit (file, key or flag), and an",
-        "earlier finished run in `out/` is byte-identical afterwards (`--help`: no file created).", "",
+        "earlier finished run in `out/` is byte-identical afterwards (`--help`: no file created; logs may",
+        "grow). Rows \"README\" are the README commands that run on CPU without weights, run as written",
+        "beforehand (`--readme`; placeholders replaced by temporary paths).", "",
         f"{len(rows) + len(readme_rows)} cases, {len(failed)} failing"
         f" (run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).", "",
         "| # | area | case | command | exit | last line | verdict |", "|---|---|---|---|---|---|---|"]

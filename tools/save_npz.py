@@ -25,4 +25,7 @@ def main(argv: list[str] | None = None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (ValueError, FileNotFoundError) as err:  # no samples, a gap in the indices, a bad PNG
+        raise SystemExit(f"error: {err}") from None

@@ -41,17 +41,6 @@ def list_checkpoints(ckpt_dir: Path) -> List[Tuple[int, Path]]:
     return sorted(found.items())
 
 
-def latest_checkpoint(ckpt_dir: Path) -> Optional[Path]:
-    """The checkpoint with the highest step (the reference picked the largest file)."""
-    found = list_checkpoints(ckpt_dir)
-    if not found:
-        return None
-    path = found[-1][1]
-    if LEGACY_TOKENIZER_NAME.match(path.name):
-        logger.info("resuming from %s (legacy tokenizer checkpoint name; new ones are NNNNNNN.pt)", path)
-    return path
-
-
 class CheckpointError(ValueError):
     """No checkpoint of a run could be read (each one is named in the message)."""
 

@@ -125,7 +125,7 @@ def experiment_dir(cfg, accelerator) -> Path:
     return path
 
 
-def build_networks(cfg, device: torch.device) -> Networks:
+def build_networks(cfg) -> Networks:
     """Model (identical on every rank and world size: seeded by global_seed only), EMA, AdamW."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.global_seed)
@@ -137,10 +137,9 @@ def build_networks(cfg, device: torch.device) -> Networks:
     drop_prob = model.y_embedder.dropout_prob
     model.y_embedder.dropout_prob = 0.0  # label dropout is drawn in the loop (step-keyed stream)
     logger.info("LightningDiT parameters: %s", f"{sum(p.numel() for p in model.parameters()):,}")
-    # Fused AdamW: the same update rule in one kernel over all tensors (CPU support: torch 2.4).
-    fused = device.type == "cuda" or tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 4)
+    # Fused AdamW: the same update rule in one kernel over all tensors (CUDA and, from torch 2.4, CPU).
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optimizer.lr, weight_decay=0,
-                            betas=(0.9, cfg.optimizer.beta2), fused=fused)
+                            betas=(0.9, cfg.optimizer.beta2), fused=True)
     return Networks(model=model, unwrapped=model, ema=ema, opt=opt, transport=build_transport(cfg),
                     drop_prob=drop_prob)
 

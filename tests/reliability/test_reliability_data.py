@@ -101,7 +101,15 @@ def checkpoint(d):
     return str(path)
 
 
+def truncated_checkpoint(d):
+    path = d / "trunc.pt"
+    torch.save({"ema": {"w": torch.zeros(4096)}}, path)
+    path.write_bytes(path.read_bytes()[:5000])
+    return str(path)
+
+
 INFERENCE_CASES = {
+    "ckpt truncated": (lambda d: [f"ckpt_path={truncated_checkpoint(d)}"], "trunc.pt", "truncated or corrupt"),
     "ckpt_path unset": (lambda d: [], "ckpt_path", "is not set"),
     "ckpt missing": (lambda d: ["ckpt_path=missing.pt"], "missing.pt", "checkpoint not found"),
     "ckpt is text": (lambda d: [f"ckpt_path={TINY_CONFIG}"], "lightningdit_tiny.yaml", "not a PyTorch checkpoint"),
