@@ -185,9 +185,7 @@ class PNGWriter:
 def load_model(cfg, device: torch.device) -> torch.nn.Module:
     from models.checkpoint import load_lightningdit_checkpoint
 
-    if not cfg.ckpt_path:
-        raise ValueError("ckpt_path is not set (top-level config key; e.g. ckpt_path=output/EXP/checkpoints/0080000.pt)")
-    model = build_model(cfg, training=False)
+    model = build_model(cfg, training=False)  # ckpt_path was checked by check_sampling_inputs
     load_lightningdit_checkpoint(cfg.ckpt_path, model, prefer_ema=True)  # strict, EMA preferred
     model = model.to(device).eval()
     if should_compile(cfg, device):  # model.compile: auto compiles on CUDA (as the reference)

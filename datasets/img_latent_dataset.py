@@ -23,7 +23,7 @@ import bisect
 import logging
 import os
 from pathlib import Path
-from typing import Dict, List, Tuple, Union
+from typing import Dict, List, Optional, Tuple, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -164,10 +164,12 @@ def save_latent_stats(stats: Dict[str, torch.Tensor], data_dir: PathLike) -> Pat
     return path
 
 
-def load_latent_stats(data_dir: PathLike) -> Tuple[torch.Tensor, torch.Tensor]:
+def load_latent_stats(data_dir: PathLike, channels: Optional[int] = None,
+                      channels_of: str = "the latents' channels") -> Tuple[torch.Tensor, torch.Tensor]:
     """(mean, std), each float32 (1, C, 1, 1), from `data_dir/latents_stats.pt`.
 
-    Enough for sampling: the released stats file alone (no shards) works.
+    Enough for sampling: the released stats file alone (no shards) works. With `channels`, C must
+    equal it (`channels_of` names where that number comes from in the error).
     """
     path = Path(data_dir) / STATS_FILE
     if not path.is_file():
@@ -193,6 +195,8 @@ def load_latent_stats(data_dir: PathLike) -> Tuple[torch.Tensor, torch.Tensor]:
         raise ValueError(f"{path}: mean/std contain NaN or inf")
     if not (std > 0).all():
         raise ValueError(f"{path}: std must be positive in every channel, got min {std.min().item():.3g}")
+    if channels is not None and mean.shape[1] != channels:
+        raise ValueError(f"{path}: stats have {mean.shape[1]} channels, {channels_of} = {channels}")
     return mean, std
 
 
@@ -220,10 +224,7 @@ def validate_latents(data_dir: PathLike, in_chans: int, latent_grid: int, num_cl
             raise ValueError(f"{path}: labels in [{low}, {high}] outside [0, {num_classes}) "
                              "(data.num_classes)")
     if latent_norm:
-        mean, _ = load_latent_stats(data_dir)
-        if mean.shape[1] != in_chans:
-            raise ValueError(f"{Path(data_dir) / STATS_FILE}: stats have {mean.shape[1]} channels, "
-                             f"latents have {in_chans}")
+        load_latent_stats(data_dir, channels=in_chans)
     return shards
 
 
@@ -245,11 +246,7 @@ class ImgLatentDataset(Dataset):
         self.latent_norm = latent_norm
         self.latent_multiplier = latent_multiplier
         if latent_norm:
-            self._latent_mean, self._latent_std = load_latent_stats(data_dir)
-            c = self.shards.latent_shape[0]
-            if self._latent_mean.shape[1] != c:
-                raise ValueError(f"{self.data_dir / STATS_FILE}: stats have "
-                                 f"{self._latent_mean.shape[1]} channels, latents have {c}")
+            self._latent_mean, self._latent_std = load_latent_stats(data_dir, self.shards.latent_shape[0])
             self._latent_mean = self._latent_mean.squeeze(0)    # (C, 1, 1)
             self._latent_std = self._latent_std.squeeze(0)
 

@@ -29,7 +29,4 @@ def check_sampling_inputs(cfg) -> None:
         raise FileNotFoundError(f"tokenizer config not found: {tok} (vae.config_path or "
                                 f"configs/tokenizer/{{vae.model_name}}.yaml)")
     if cfg.data.latent_norm:
-        mean, _ = load_latent_stats(cfg.data.data_path)
-        if mean.shape[1] != cfg.model.in_chans:
-            raise ValueError(f"{Path(cfg.data.data_path) / 'latents_stats.pt'}: stats have {mean.shape[1]} "
-                             f"channels, the model has model.in_chans = {cfg.model.in_chans}")
+        load_latent_stats(cfg.data.data_path, cfg.model.in_chans, "model.in_chans")

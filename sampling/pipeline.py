@@ -105,10 +105,7 @@ class Decoder:
         self.multiplier = cfg.data.latent_multiplier
         self.mean = self.std = None
         if cfg.data.latent_norm:
-            mean, std = load_latent_stats(cfg.data.data_path)
-            if mean.shape[1] != cfg.model.in_chans:
-                raise ValueError(f"{cfg.data.data_path}/latents_stats.pt has {mean.shape[1]} channels, "
-                                 f"model.in_chans is {cfg.model.in_chans}")
+            mean, std = load_latent_stats(cfg.data.data_path, cfg.model.in_chans, "model.in_chans")
             self.mean, self.std = mean.to(device), std.to(device)
         config_path = tokenizer_config_path(cfg)
         # fp16=False: the reference decodes in fp32. Seeded so a random-init tokenizer (tests) is

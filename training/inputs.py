@@ -7,6 +7,7 @@ from pathlib import Path
 
 from datasets.img_latent_dataset import validate_latents
 from models.build import latent_size
+from tokenizer.data import IMG_EXTENSIONS
 from utils.fileio import require_intact_torch_file, require_torch_file
 
 
@@ -30,9 +31,6 @@ def check_training_inputs(cfg) -> None:
             require_intact_torch_file(path)
 
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".JPEG", ".JPG", ".PNG")
-
-
 def check_tokenizer_training_inputs(cfg) -> None:
     """train_tokenizer.py: the image folders hold images, and `init_weight` / `train.resume_from`
     are PyTorch files, before the run directory is created."""
@@ -46,8 +44,8 @@ def check_tokenizer_training_inputs(cfg) -> None:
         path = Path(root)
         if not path.is_dir():
             raise FileNotFoundError(f"image folder not found: {root} ({key})")
-        if next((p for p in path.rglob("*") if p.suffix in IMAGE_SUFFIXES), None) is None:
-            raise ValueError(f"{root}: no images ({', '.join(IMAGE_SUFFIXES[:5])}) in this folder ({key})")
+        if next((p for p in path.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS), None) is None:
+            raise ValueError(f"{root}: no images ({', '.join(IMG_EXTENSIONS)}) in this folder ({key})")
     for key, value in (("init_weight", cfg.init_weight), ("train.resume_from", cfg.train.resume_from)):
         if value:
             if not Path(value).is_file():
