@@ -39,7 +39,8 @@ DIT_FREE_KEYS = (
     "train.resume", "train.overwrite", "train.allow_config_change", "train.max_steps",
     "train.log_every", "train.ckpt_every", "train.keep_last_n", "train.valid_every",
     "train.num_valid_batches", "train.output_dir", "train.exp_name", "train.ckpt", "train.use_checkpoint",
-    "train.eval*", "train.micro_batch_size", "train.report_to", "train.spike_factor", "data.num_workers", "data.valid_path", "data.fid_reference_file", "model.compile",
+    "train.eval*", "train.micro_batch_size", "train.report_to", "train.spike_factor",
+    "data.num_workers", "data.valid_path", "data.fid_reference_file", "model.compile",
     "ckpt_path", "vae.*", "sample.*",
 )
 TOKENIZER_FREE_KEYS = (
