@@ -59,6 +59,8 @@ class DataConfig:
     latent_norm: bool = SCRIPT_LATENT_NORM
     latent_multiplier: float = SCRIPT_LATENT_MULTIPLIER
     valid_path: Optional[str] = None             # held-out latent dir for validation loss (ours: works)
+    # SFD: standardise the semantic channels with `latents_sv_stats.pt` (SFD's default when absent: false)
+    latent_sv_norm: bool = False
 
 
 @dataclass
@@ -87,6 +89,16 @@ class ModelConfig:
     depth: Optional[int] = None
     num_heads: Optional[int] = None
     patch_size: Optional[int] = None
+    # SFD (docs/reference_behaviour.md, SFD part; defaults = SFD's train.py defaults = plain LightningDiT):
+    semantic_chans: int = 0                      # the last `semantic_chans` of in_chans are semantic
+    semfirst_delta_t: float = 0.0                # how far the semantic channels run ahead (0: synchronous)
+    semantic_weight: float = 1.0                 # MSE weight of the semantic channels
+    use_repa: bool = False                       # REPA projector + loss against pre-extracted features
+    repa_dino_version: Optional[str] = None      # the REPA target encoder (its width sets the projector)
+    repa_feat_depth: Optional[int] = None        # REPA on the output of this block (1-based)
+    repa_weight: float = 1.0
+    repa_mode: str = "cos"                       # cos | mse | cos_mse
+    semfirst_infer_interval_mode: str = "both"   # which parts the CFG interval applies to: tex | sem | both
 
 
 @dataclass
@@ -170,6 +182,12 @@ class SampleConfig:
     diffusion_norm: float = 1.0
     last_step: Optional[str] = "Mean"
     last_step_size: float = 0.04
+    # SFD: class-balanced labels (the same as label_mode=balanced; either one turns it on)
+    balanced_sampling: bool = False
+    autoguidance: bool = False                   # SFD: guide with a weaker network (cfg_scale > 1)
+    autoguidance_config: Optional[str] = None    # SFD: the guide's YAML (its ckpt_path and model)
+    cfg_scale_sem: Optional[float] = None        # SFD: per-part guidance scales (None: cfg_scale)
+    cfg_scale_tex: Optional[float] = None
 
 
 @dataclass
@@ -186,6 +204,8 @@ class LightningDiTConfig:
 
 
 REPORT_TO = ("tensorboard", "wandb", "all", "none")  # train.report_to
+REPA_MODES = ("cos", "mse", "cos_mse")                 # model.repa_mode (SFD)
+INTERVAL_MODES = ("tex", "sem", "both")                # model.semfirst_infer_interval_mode (SFD)
 
 SAMPLING_METHODS = {"ODE": ODE_METHODS, "SDE": SDE_METHODS}   # sample.mode -> sample.sampling_method
 SAMPLE_PRECISIONS = ("fp32", "bf16")                          # sample.precision (inference.py)
@@ -206,6 +226,8 @@ _CHOICES = {
     "sample.last_step": LAST_STEPS,
     "model.compile": (True, False, "auto"),
     "train.report_to": REPORT_TO,
+    "model.repa_mode": REPA_MODES,
+    "model.semfirst_infer_interval_mode": INTERVAL_MODES,
 }
 
 
@@ -223,6 +245,11 @@ def _validate(cfg: DictConfig, source: str) -> None:
     if channels != "all" and not (channels.isdigit() and int(channels) > 0):
         raise ValueError(f"{source}: bad value for 'sample.cfg_channels': {channels!r} "
                          "(expected a positive integer or 'all')")
+    if cfg.model.semantic_chans >= cfg.model.in_chans:
+        raise ValueError(f"{source}: bad value for 'model.semantic_chans': {cfg.model.semantic_chans} "
+                         f"(must be below model.in_chans = {cfg.model.in_chans})")
+    if cfg.model.semfirst_delta_t > 0 and cfg.model.semantic_chans == 0:
+        raise ValueError(f"{source}: 'model.semfirst_delta_t' > 0 needs 'model.semantic_chans' > 0")
     if cfg.train.global_batch_size <= 0:
         raise ValueError(f"{source}: 'train.global_batch_size' must be positive, got {cfg.train.global_batch_size}")
 
@@ -270,6 +297,9 @@ _RANGES = {
     "sample.per_proc_batch_size": POSITIVE, "sample.fid_num": POSITIVE, "sample.cfg_scale": NON_NEGATIVE,
     "sample.cfg_interval_start": UNIT, "sample.timestep_shift": NON_NEGATIVE,
     "sample.diffusion_norm": NON_NEGATIVE, "sample.last_step_size": Range(0.0, 1.0, True, True),
+    "model.semantic_chans": NON_NEGATIVE, "model.semfirst_delta_t": Range(0.0, 1.0, high_open=True),
+    "model.semantic_weight": NON_NEGATIVE, "model.repa_feat_depth": POSITIVE, "model.repa_weight": NON_NEGATIVE,
+    "sample.cfg_scale_sem": NON_NEGATIVE, "sample.cfg_scale_tex": NON_NEGATIVE,
 }
 
 
