@@ -75,7 +75,9 @@ class GlobalBatchSampler:
 
 class SeededItems(Dataset):
     """Wraps a dataset whose __getitem__ draws from torch's CPU RNG (the latent flip): item
-    (index, seed) is read with the CPU generator set to `seed`, then the RNG state is restored."""
+    (index, seed) is read with the CPU generator set to `seed`, then the RNG state is restored.
+    The item passes through as the dataset returns it ((x, y, extras) for the latent shards), so
+    one flip draw decides every part of it."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset

@@ -127,9 +127,9 @@ def test_format_contents_and_dataset(image_dir, single_run):
     mean, std = load_latent_stats(out)
     ds = ImgLatentDataset(out, latent_norm=True)
     assert len(ds) == 20
-    got = sorted((int(y), round(float(x.sum()), 2)) for x, y in (ds[i] for i in range(20)))
+    got = sorted((int(y), round(float(x.sum()), 2)) for x, y, _ in (ds[i] for i in range(20)))
     torch.manual_seed(0)
-    x, y = ds[5]                                                   # shard 0 row 5 = image 5
+    x, y, _ = ds[5]                                                # shard 0 row 5 = image 5
     ref = [(expected[5][j] - mean[0]) / std[0] for j in (0, 1)]
     assert int(y) == expected[5][2]
     assert any(torch.allclose(x, r, atol=1e-4) for r in ref)

@@ -15,8 +15,14 @@ What this does instead of the reference (§9.2):
   so the gradient is the mean over the global batch, and only the last micro-step all-reduces;
   so 1 process x 4 micro-steps == 2 processes x 2 == 1 x 1 up to float summation order.
   Checkpoints fall on optimizer steps only (no resume inside an accumulation cycle);
+- the objective returns named per-sample terms; the optimised loss is the sum of those whose
+  name ends in `loss` (rectified flow: loss + cos_loss, DDPM: loss, SFD: + repa_loss) and every
+  term is logged under its name (DDPM's log-only `mse` and `vb` too);
+- items carry extra targets (`extras`, e.g. SFD's `repa_target`) that follow their latents
+  through the micro-batch split into `training_losses(..., **extras)`;
 - every log window reports the gradient norm before clipping, the fraction of clipped steps
-  and images seen, and warns when the loss jumps above `train.spike_factor` x its running median;
+  and images seen, and warns when the optimised loss jumps above `train.spike_factor` x its
+  running median;
 - one DDP wrapper (`accelerator.prepare` once); `model` and `ema` are saved with clean keys;
 - checkpoints hold model, ema, opt, config, step, data position, per-rank RNG states and the
   t-sampling state, written atomically; `train.resume` takes the newest readable step (a
@@ -42,7 +48,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from configs.schema import to_container
-from datasets.img_latent_dataset import ImgLatentDataset, load_latent_stats
+from datasets.img_latent_dataset import ImgLatentDataset
+from datasets.latent_norm import LatentNormalizer
 from datasets.order import STREAM_VALID, GlobalBatchSampler, SeededItems, step_noise
 from models.build import build_model, should_compile
 from models.checkpoint import warm_start
@@ -57,10 +64,15 @@ from utils.seeding import derive_seed, gather_rng_states, restore_rng_state
 logger = logging.getLogger("train")
 
 CURVES = (("loss", "train MSE"), ("valid_loss", "valid MSE (fixed t)"))
-TENSORBOARD_TAGS = {"loss": "Loss/train", "cos_loss": "Loss/cos", "steps_per_sec": "Perf/steps_per_sec",
+TENSORBOARD_TAGS = {"loss": "Loss/train", "cos_loss": "Loss/cos", "repa_loss": "Loss/repa", "mse": "Loss/mse",
+                    "vb": "Loss/vb", "total_loss": "Loss/total", "steps_per_sec": "Perf/steps_per_sec",
                     "images_per_sec": "Perf/images_per_sec", "valid_loss": "Loss/valid",
                     "valid_loss_ema": "Loss/valid_ema", "grad_norm": "Grad/norm_before_clip",
                     "clipped_frac": "Grad/clipped_fraction", "images_seen": "Progress/images_seen"}
+# How the log line names a term (after "Train Loss", the `loss` term); other names as they are.
+TERM_LABELS = {"cos_loss": "Cos Loss", "repa_loss": "REPA Loss", "mse": "MSE", "vb": "VB"}
+# Window entries beside the objective's terms: optimised loss, gradient norm, clipped (0/1).
+STEP_STATS = ("total", "grad_norm", "clipped")
 RUN_OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "loss_curve.png")  # moved aside by train.overwrite
 SPIKE_WINDOWS = 20  # the running median of the loss spans this many log windows
 
@@ -86,7 +98,7 @@ class Data:
     sampler: GlobalBatchSampler
     loader: DataLoader
     num_items: int
-    valid_stats: Optional[Tuple[torch.Tensor, torch.Tensor]]
+    valid_normalizer: Optional[LatentNormalizer]  # the training set's, on the device (validation on)
     accum_steps: int = 1          # micro-steps per optimizer step on each process
 
 
@@ -177,9 +189,19 @@ def prepare(nets: Networks, cfg, rt) -> None:
     nets.model, nets.opt = rt.accelerator.prepare(nets.model, nets.opt)
 
 
+def latent_dataset(cfg, data_dir, normalized: bool = True) -> ImgLatentDataset:
+    """The shards of `data_dir` with the parts the config uses (model.semantic_chans,
+    model.use_repa); `normalized` false gives the raw composite (validation normalises it with
+    the training set's stats)."""
+    return ImgLatentDataset(data_dir, latent_norm=cfg.data.latent_norm and normalized,
+                            latent_multiplier=cfg.data.latent_multiplier if normalized else 1.0,
+                            latent_sv_norm=cfg.data.latent_sv_norm and normalized,
+                            semantic_chans=cfg.model.semantic_chans, repa=cfg.model.use_repa)
+
+
 def build_data(cfg, rt, start_step: int) -> Data:
-    """The latent shards in the step-keyed global batch order, and the validation stats."""
-    dataset = ImgLatentDataset(cfg.data.data_path, cfg.data.latent_norm, cfg.data.latent_multiplier)
+    """The latent shards in the step-keyed global batch order, and the validation normaliser."""
+    dataset = latent_dataset(cfg, cfg.data.data_path)
     sampler = GlobalBatchSampler(len(dataset), cfg.train.global_batch_size, rt.rank, rt.world_size,
                                  cfg.train.global_seed, start_step=start_step)
     loader = DataLoader(SeededItems(dataset), batch_sampler=sampler, num_workers=cfg.data.num_workers,
@@ -188,46 +210,84 @@ def build_data(cfg, rt, start_step: int) -> Data:
     logger.info("dataset %s: %s latents, %d steps per epoch, per-process batch %d "
                 "(%d micro-step(s) of %d)", cfg.data.data_path, f"{len(dataset):,}",
                 sampler.steps_per_epoch, sampler.local_batch, accum, micro)
-    valid_stats = None
+    valid_normalizer = None
     if cfg.data.valid_path and cfg.train.valid_every:
-        mean, std = load_latent_stats(cfg.data.data_path) if cfg.data.latent_norm else (
-            torch.zeros(()), torch.ones(()))
-        valid_stats = (mean.squeeze(0).to(rt.device), std.squeeze(0).to(rt.device))
-    return Data(sampler=sampler, loader=loader, num_items=len(dataset), valid_stats=valid_stats,
+        valid_normalizer = dataset.normalizer.to(rt.device)
+    return Data(sampler=sampler, loader=loader, num_items=len(dataset), valid_normalizer=valid_normalizer,
                 accum_steps=accum)
 
 
+def loss_terms(out: Dict[str, torch.Tensor], batch: int) -> Dict[str, torch.Tensor]:
+    """The objective's named terms, each averaged over the batch: every per-sample (batch,)
+    tensor of `training_losses`' output (not `pred`, the model output), in its order."""
+    terms = {name: v.mean() for name, v in out.items() if v.dim() == 1 and v.shape[0] == batch}
+    clash = [name for name in terms if name in STEP_STATS]
+    if clash or "loss" not in terms:
+        raise ValueError(f"training_losses returned terms {sorted(terms)}: expected a 'loss' term and "
+                         f"none named {STEP_STATS}")
+    return terms
+
+
+def optimised_loss(terms: Dict[str, torch.Tensor]) -> torch.Tensor:
+    """The sum, in the objective's order, of the terms whose name ends in `loss`; the others
+    (DDPM's `mse`, `vb`) are only logged."""
+    total = None
+    for name, value in terms.items():
+        if name.endswith("loss"):
+            total = value if total is None else total + value
+    return total
+
+
+def micro_batches(accum: int, *tensors: torch.Tensor, extras: Dict[str, torch.Tensor]):
+    """`accum` equal slices along the batch of each tensor and of each extra target, together."""
+    batch = tensors[0].shape[0]
+    for name, value in extras.items():
+        if value.shape[0] != batch:
+            raise ValueError(f"extra target {name!r} has {value.shape[0]} rows for a batch of {batch}")
+    chunks = [t.chunk(accum) for t in tensors]
+    extra_chunks = {name: value.chunk(accum) for name, value in extras.items()}
+    for k in range(accum):
+        yield (*(c[k] for c in chunks), {name: c[k] for name, c in extra_chunks.items()})
+
+
 def train_step(nets: Networks, cfg, rt, x: torch.Tensor, y: torch.Tensor, step: int,
-               accum: int = 1) -> torch.Tensor:
-    """One optimizer step on this rank's slice of global batch `step`, in `accum` micro-steps;
-    returns [mse, cos, loss, grad norm before clipping, clipped (0/1)] (on the device: no sync)."""
+               accum: int = 1, extras: Optional[Dict[str, torch.Tensor]] = None) -> Dict[str, torch.Tensor]:
+    """One optimizer step on this rank's slice of global batch `step`, in `accum` micro-steps.
+
+    `extras` (name -> (b, ...) tensors, e.g. `repa_target`) are sliced with the batch and passed
+    to `training_losses` by name. Returns {term name: batch mean, 'total': optimised loss,
+    'grad_norm': before clipping, 'clipped': 0/1}, float32 0-d tensors on the device (no sync).
+    """
     noise = step_noise(nets.transport, cfg.train.global_seed, step, x.shape, rt.rank, rt.world_size,
                        rt.device, nets.drop_prob)
     y = torch.where(noise["drop"], cfg.data.num_classes, y)  # the null class
     nets.opt.zero_grad(set_to_none=True)
-    losses = torch.zeros(3, device=x.device)
-    micro = zip(x.chunk(accum), y.chunk(accum), noise["t"].chunk(accum), noise["x0"].chunk(accum))
-    for k, (xm, ym, tm, x0m) in enumerate(micro):
+    sums: Dict[str, torch.Tensor] = {}
+    micro = micro_batches(accum, x, y, noise["t"], noise["x0"], extras=extras or {})
+    for k, (xm, ym, tm, x0m, em) in enumerate(micro):
         # Only the last micro-step all-reduces the accumulated gradients.
         sync = contextlib.nullcontext() if k == accum - 1 else rt.accelerator.no_sync(nets.model)
         with sync:
-            losses += micro_step(nets, cfg, rt, xm, ym, tm, x0m, step, accum)
+            for name, value in micro_step(nets, rt, xm, ym, tm, x0m, em, step, accum).items():
+                if name not in sums:
+                    sums[name] = torch.zeros((), device=x.device)
+                sums[name] += value
     grad_norm, clipped = clip_gradients(nets, cfg, rt)
     nets.opt.step()
     update_ema(nets.ema, nets.unwrapped, cfg.train.ema_decay)
-    return torch.cat([losses, grad_norm.reshape(1).to(losses), clipped.reshape(1).to(losses)])
+    return {**sums, "grad_norm": grad_norm.reshape(()).float(), "clipped": clipped.reshape(()).float()}
 
 
-def micro_step(nets: Networks, cfg, rt, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor,
-               x0: torch.Tensor, step: int, accum: int) -> torch.Tensor:
+def micro_step(nets: Networks, rt, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor, x0: torch.Tensor,
+               extras: Dict[str, torch.Tensor], step: int, accum: int) -> Dict[str, torch.Tensor]:
     """Forward + backward of one micro-batch; the loss is divided by `accum` so the accumulated
-    gradient is the mean over the process's batch (micro-batches are equal-sized)."""
-    terms = nets.transport.training_losses(nets.model, x, dict(y=y), t=t, x0=x0)
-    mse = terms["loss"].mean()
-    cos = terms["cos_loss"].mean() if cfg.transport.use_cosine_loss else torch.zeros_like(mse)
-    loss = inject_fault(step, mse + cos if cfg.transport.use_cosine_loss else mse)
+    gradient is the mean over the process's batch (micro-batches are equal-sized). Returns
+    {term: mean / accum, 'total': optimised loss / accum}, detached."""
+    terms = loss_terms(nets.transport.training_losses(nets.model, x, dict(y=y), t=t, x0=x0, **extras),
+                       x.shape[0])
+    loss = inject_fault(step, optimised_loss(terms))
     rt.accelerator.backward(loss / accum if accum > 1 else loss)
-    return torch.stack([mse.detach(), cos.detach(), loss.detach()]) / accum
+    return {**{name: value.detach() / accum for name, value in terms.items()}, "total": loss.detach() / accum}
 
 
 def clip_gradients(nets: Networks, cfg, rt) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -256,28 +316,33 @@ def check_finite(nonfinite: torch.Tensor, rt, first: int, last: int, last_good: 
         raise NonFiniteLossError(msg)
 
 
-def log_window(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, step: int, sums: torch.Tensor,
-               num_steps: int, elapsed: float) -> dict:
-    """Average the window's losses over ranks, run validation when due, write one metrics row."""
-    avg = rt.accelerator.reduce(sums.clone(), reduction="mean") / num_steps
+def log_window(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, step: int,
+               window: Dict[str, torch.Tensor], num_steps: int, elapsed: float) -> dict:
+    """Average the window's sums over ranks (one all-reduce), run validation when due, write one
+    metrics row: every term by name (`cos_loss` is 0 when the objective has none, as before),
+    `total_loss` (the optimised loss), throughput, gradient norm, clipped fraction."""
+    names = list(window)
+    avg = rt.accelerator.reduce(torch.stack([window[n] for n in names]), reduction="mean") / num_steps
+    means = dict(zip(names, avg.tolist()))
+    total, grad_norm, clipped = (means.pop(n) for n in STEP_STATS)
+    terms = {"cos_loss": 0.0, **means}
     steps_per_sec = num_steps / elapsed
-    mse, cos, grad_norm, clipped = float(avg[0]), float(avg[1]), float(avg[3]), float(avg[4])
     seen = step * cfg.train.global_batch_size
-    line = (f"(step={step:07d}) Train Loss: {mse:.4f}, Train Steps/Sec: {steps_per_sec:.2f}, "
+    line = (f"(step={step:07d}) Train Loss: {terms['loss']:.4f}, Train Steps/Sec: {steps_per_sec:.2f}, "
             f"Images/Sec: {steps_per_sec * cfg.train.global_batch_size:.1f}")
-    line += f", Cos Loss: {cos:.4f}" if cfg.transport.use_cosine_loss else ""
+    line += "".join(f", {TERM_LABELS.get(n, n)}: {v:.4f}" for n, v in means.items() if n != "loss")
     logger.info(line + f", Grad Norm: {grad_norm:.4f}, Clipped: {100 * clipped:.0f}%, Images Seen: {seen}")
-    row = {"step": step, "loss": mse, "cos_loss": cos, "steps_per_sec": steps_per_sec,
+    row = {"step": step, **terms, "total_loss": total, "steps_per_sec": steps_per_sec,
            "images_per_sec": steps_per_sec * cfg.train.global_batch_size, "grad_norm": grad_norm,
            "clipped_frac": clipped, "images_seen": seen}
-    total = float(avg[2])  # the optimised loss (MSE + cosine when on)
     median = loss_spike(sink.history, total, cfg.train.spike_factor)
     if median is not None:
         logger.warning(f"(step={step:07d}) loss spike: {total:.4f} > {cfg.train.spike_factor} x the "
                        f"running median {median:.4f} of the last {SPIKE_WINDOWS} log windows")
-    if data.valid_stats is not None and step % cfg.train.valid_every == 0:
+    if data.valid_normalizer is not None and step % cfg.train.valid_every == 0:
         nets.model.eval()
-        vl = validation_loss({"model": nets.unwrapped, "ema": nets.ema}, cfg, nets.transport, rt, data.valid_stats)
+        vl = validation_loss({"model": nets.unwrapped, "ema": nets.ema}, cfg, nets.transport, rt,
+                             data.valid_normalizer)
         nets.model.train()
         logger.info(f"(step={step:07d}) Valid Loss: {vl['model']:.4f}, EMA Valid Loss: {vl['ema']:.4f}")
         row.update(valid_loss=vl["model"], valid_loss_ema=vl["ema"])
@@ -287,9 +352,11 @@ def log_window(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, step: int
 
 
 def loss_spike(history: List[dict], value: float, factor: Optional[float]) -> Optional[float]:
-    """The running median of the logged loss (MSE + cosine) when `value` exceeds `factor` x it,
-    else None (also with fewer than 3 windows logged or `factor` None)."""
-    past = [r["loss"] + r.get("cos_loss", 0.0) for r in history if "loss" in r][-SPIKE_WINDOWS:]
+    """The running median of the logged optimised loss (`total_loss`; rows from before it was
+    logged: MSE + cosine) when `value` exceeds `factor` x it, else None (also with fewer than 3
+    windows logged or `factor` None)."""
+    past = [r.get("total_loss", r["loss"] + r.get("cos_loss", 0.0))
+            for r in history if "loss" in r][-SPIKE_WINDOWS:]
     if factor is None or len(past) < 3:
         return None
     median = statistics.median(past)
@@ -327,19 +394,23 @@ def train_loop(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, ckpt_dir:
     from tqdm import tqdm
 
     tc, step = cfg.train, start_step
-    sums = torch.zeros(5, device=rt.device)          # window sums: MSE, cosine, total, grad norm, clipped
+    window: Dict[str, torch.Tensor] = {}             # name -> sum over the log window (train_step's keys)
     nonfinite = torch.zeros((), device=rt.device)
-    window, last_check, tic = 0, start_step, time.time()
+    window_steps, last_check, tic = 0, start_step, time.time()
     bar = tqdm(total=tc.max_steps, initial=start_step, disable=not rt.is_main, dynamic_ncols=True, desc="train")
     nets.model.train()
-    for x, y in data.loader:
+    for x, y, extras in data.loader:
         if step >= tc.max_steps:
             break
-        terms = train_step(nets, cfg, rt, x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True),
-                           step, data.accum_steps)
-        sums += terms
-        nonfinite += (~torch.isfinite(terms[2])).float()
-        step, window = step + 1, window + 1
+        extras = {name: value.to(rt.device, non_blocking=True) for name, value in extras.items()}
+        stats = train_step(nets, cfg, rt, x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True),
+                           step, data.accum_steps, extras)
+        for name, value in stats.items():
+            if name not in window:
+                window[name] = torch.zeros((), device=rt.device)
+            window[name] += value
+        nonfinite += (~torch.isfinite(stats["total"])).float()
+        step, window_steps = step + 1, window_steps + 1
         bar.update(1)
         is_ckpt = step % tc.ckpt_every == 0 or step == tc.max_steps
         if step % tc.log_every == 0 or is_ckpt:
@@ -348,10 +419,10 @@ def train_loop(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, ckpt_dir:
         if step % tc.log_every == 0:
             if rt.device.type == "cuda":
                 torch.cuda.synchronize()
-            row = log_window(cfg, rt, nets, data, sink, step, sums, window, time.time() - tic)
+            row = log_window(cfg, rt, nets, data, sink, step, window, window_steps, time.time() - tic)
             bar.set_postfix(loss=f"{row['loss']:.4f}")
-            sums.zero_()
-            window, tic = 0, time.time()
+            window.clear()
+            window_steps, tic = 0, time.time()
         if evaluator is not None and tc.eval_every and step % tc.eval_every == 0:
             began = time.time()
             evaluator(step)
@@ -363,33 +434,33 @@ def train_loop(cfg, rt, nets: Networks, data: Data, sink: MetricsSink, ckpt_dir:
 
 
 @torch.no_grad()
-def validation_loss(models: Dict[str, torch.nn.Module], cfg, transport, rt, stats) -> Dict[str, float]:
-    """Mean MSE on the held-out latents at fixed t (§9.2: the reference's hook crashes).
+def validation_loss(models: Dict[str, torch.nn.Module], cfg, transport, rt,
+                    normalizer: LatentNormalizer) -> Dict[str, float]:
+    """Mean MSE (the `loss` term) on the held-out latents at fixed t (§9.2: the reference's hook
+    crashes), normalised with the training set's stats (`normalizer`, on the device).
 
     Items 0..V-1 (V = min(len, num_valid_batches * global batch)), unflipped-or-flipped with a
     fixed per-item seed, t_i = (i + 0.5) / V and noise seeded by (seed, i): the same numbers at
-    every evaluation and for any number of processes. Labels are kept (no dropout).
+    every evaluation and for any number of processes. Labels are kept (no dropout); extra
+    targets are passed as in training.
     """
-    data = SeededItems(ImgLatentDataset(cfg.data.valid_path, latent_norm=False, latent_multiplier=1.0))
+    data = SeededItems(latent_dataset(cfg, cfg.data.valid_path, normalized=False))
     total = min(len(data), cfg.train.num_valid_batches * cfg.train.global_batch_size)
     mine = list(range(rt.rank, total, rt.world_size))
     b, _ = accumulation_steps(cfg, rt.world_size)  # the micro-batch: what fits in memory
-    mean, std = stats
     sums = torch.zeros(len(models) + 1, device=rt.device, dtype=torch.float64)
     for lo in range(0, len(mine), b):
         ids = mine[lo: lo + b]
         items = [data[(i, derive_seed(cfg.train.global_seed, STREAM_VALID, i))] for i in ids]
-        x = torch.stack([it[0] for it in items]).to(rt.device)
+        x = normalizer.normalize(torch.stack([it[0] for it in items]).to(rt.device))
         y = torch.stack([it[1] for it in items]).to(rt.device)
-        if cfg.data.latent_norm:
-            x = (x - mean) / std
-        x = x * cfg.data.latent_multiplier
+        extras = {name: torch.stack([it[2][name] for it in items]).to(rt.device) for name in items[0][2]}
         t = (torch.tensor(ids, dtype=torch.float32) + 0.5) / total
         x0 = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(
             derive_seed(cfg.train.global_seed, STREAM_VALID, 1, i))) for i in ids]).to(rt.device)
         for k, model in enumerate(models.values()):
             with rt.accelerator.autocast():
-                out = transport.training_losses(model, x, dict(y=y), t=t.to(rt.device), x0=x0)
+                out = transport.training_losses(model, x, dict(y=y), t=t.to(rt.device), x0=x0, **extras)
             sums[k] += out["loss"].double().sum()
         sums[-1] += len(ids)
     sums = rt.accelerator.reduce(sums, reduction="sum")

@@ -5,21 +5,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from datasets.img_latent_dataset import validate_latents
-from models.build import latent_size
+from datasets.img_latent_dataset import LatentShards, require_repa_target, validate_latents
+from models.build import build_model, latent_size
 from tokenizer.data import IMG_EXTENSIONS
 from utils.fileio import require_intact_torch_file, require_torch_file
 
 
 def check_training_inputs(cfg) -> None:
     """Latent shards (keys, dtypes, non-empty, shape vs the model, labels vs data.num_classes),
-    their stats (finite, positive std), the validation latents and the warm-start file."""
+    SFD's parts the config asks for (semantic latents adding up to model.semantic_chans, REPA
+    targets with model.use_repa, one per model token), their stats (finite, positive std), the
+    validation latents and the warm-start file."""
     grid = latent_size(cfg)
-    shards = validate_latents(cfg.data.data_path, cfg.model.in_chans, grid, cfg.data.num_classes,
-                              cfg.data.latent_norm)
+    m = cfg.model
+    parts = dict(semantic_chans=m.semantic_chans, repa=m.use_repa)
+    shards = validate_latents(cfg.data.data_path, m.in_chans, grid, cfg.data.num_classes,
+                              cfg.data.latent_norm, latent_sv_norm=cfg.data.latent_sv_norm, **parts)
     if cfg.data.valid_path and cfg.train.valid_every:
-        validate_latents(cfg.data.valid_path, cfg.model.in_chans, grid, cfg.data.num_classes,
-                         latent_norm=False)
+        validate_latents(cfg.data.valid_path, m.in_chans, grid, cfg.data.num_classes,
+                         latent_norm=False, **parts)
+    if m.use_repa:
+        check_repa_grid(cfg, shards)
     if len(shards) < cfg.train.global_batch_size:
         raise ValueError(f"{cfg.data.data_path}: {len(shards)} latents, fewer than one global batch "
                          f"(train.global_batch_size = {cfg.train.global_batch_size})")
@@ -29,6 +35,19 @@ def check_training_inputs(cfg) -> None:
             raise FileNotFoundError(f"train.weight_init checkpoint not found: {path}")
         if path.suffix != ".safetensors":
             require_intact_torch_file(path)
+
+
+def check_repa_grid(cfg, shards: LatentShards) -> None:
+    """REPA compares the model's tokens one to one with the target's h x w feature vectors."""
+    import torch
+
+    with torch.device("meta"):  # the token count without allocating weights
+        tokens = build_model(cfg).pos_embed.shape[1]
+    dim, h, w = require_repa_target(shards)
+    if h * w != tokens:
+        raise ValueError(f"{shards.files[0]}: REPA targets feats_dino of {h}x{w} = {h * w} positions, "
+                         f"the model has {tokens} tokens (model.model_type / model.patch_size, "
+                         f"data.image_size // vae.downsample_ratio)")
 
 
 def check_tokenizer_training_inputs(cfg) -> None:

@@ -48,8 +48,8 @@ def test_items_normalised_with_flip_choice(latent_dir):
     chose_flip = []
     for _ in range(4):
         for i in range(len(ds)):
-            x, y = ds[i]
-            assert x.shape == (C, H, W) and x.dtype == torch.float32
+            x, y, extras = ds[i]
+            assert x.shape == (C, H, W) and x.dtype == torch.float32 and extras == {}
             assert y.dtype == torch.int64 and y.dim() == 0 and int(y) == int(lab[i])
             a = (lat[i] - mean[0]) / std[0] * 0.5
             b = (flip[i] - mean[0]) / std[0] * 0.5
@@ -69,7 +69,7 @@ def test_items_normalised_with_flip_choice(latent_dir):
 def test_no_norm_needs_no_stats(tmp_path):
     lat, flip, lab = _write(tmp_path, [3])
     ds = ImgLatentDataset(tmp_path, latent_norm=False, latent_multiplier=2.0)
-    x, _ = ds[1]
+    x, _, _ = ds[1]
     assert torch.equal(x, lat[1] * 2) or torch.equal(x, flip[1] * 2)
     with pytest.raises(FileNotFoundError, match="extract_features"):
         ImgLatentDataset(tmp_path, latent_norm=True)
@@ -81,7 +81,7 @@ def test_workers_seeded_and_files_opened_once(latent_dir, monkeypatch):
     def epoch():
         torch.manual_seed(123)
         loader = DataLoader(ImgLatentDataset(d), batch_size=4, num_workers=2, shuffle=True)
-        return [(x, y) for x, y in loader]
+        return [(x, y) for x, y, _ in loader]
 
     a, b = epoch(), epoch()
     for (xa, ya), (xb, yb) in zip(a, b):
