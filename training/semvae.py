@@ -438,7 +438,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> Dict[str, float]:
             if step % tc.evaluation.eval_every == 0 or end:
                 run_eval()
             if step % tc.checkpointing.save_every == 0 or done:
-                if running is not None and not bool(torch.isfinite(running).all()):
+                finite = torch.isfinite(running).all().float() if running is not None else torch.ones((), device=device)
+                if acc.reduce(finite.reshape(1), reduction="mean").item() < 1:   # the same answer on every rank
                     raise FloatingPointError(f"non-finite training loss before step {step}; not saved")
                 save_semvae_checkpoint(cfg, rt, run_dir, sink, model, head, optimizer, step, tracker.state(),
                                        schedule, final=end)

@@ -315,3 +315,14 @@ def test_tiny_end_to_end(images, tmp_path):
         train_semvae.main([TINY, "training.log.log_dir=/elsewhere"])
     with pytest.raises(SystemExit, match="pre-extracted features not found"):
         train_semvae.main([TINY, f"data.feature_dir={tmp_path / 'nowhere'}", "data.max_samples=3"])
+
+
+def test_a_non_finite_loss_stops_before_saving(features, tmp_path, monkeypatch):
+    monkeypatch.setenv("LIGHTNINGDIT_FAULT", "nan@1")           # the loss of update 1 becomes NaN
+    with pytest.raises(FloatingPointError, match="non-finite training loss at step 2"):
+        T.train(_cfg(features, tmp_path / "nan"))
+    assert not list((tmp_path / "nan" / "checkpoints").glob("*.pt"))
+    monkeypatch.setenv("LIGHTNINGDIT_FAULT", "nan@0")
+    with pytest.raises(FloatingPointError, match="before step 2"):   # no log line in between: the save checks
+        T.train(_cfg(features, tmp_path / "nan2", **{"training.log.log_every": 4}))
+    assert not list((tmp_path / "nan2" / "checkpoints").glob("*.pt"))
