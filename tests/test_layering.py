@@ -10,7 +10,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY = ("configs", "models", "transport", "datasets", "tokenizer", "utils", "training", "evaluation",
            "sampling")
-COMMANDS = ("tools", "train", "train_tokenizer", "inference", "extract_features")
+COMMANDS = ("tools", "train", "train_tokenizer", "train_semvae", "inference", "extract_features")
 PROJECT = LIBRARY + COMMANDS
 
 

@@ -22,6 +22,15 @@ gives these two [inferred choices]:
   1024 px input (its absolute and relative position tables are trained at that size) and the
   neck's (256, 64, 64) image embedding is area-averaged to the latent grid (64 -> 16: 4 x 4 means).
 
+SFD's semantic encoders (`dinov2_vit{s,b,l,g}14_reg`, docs/reference_behaviour.md, SFD part §1.1):
+DINOv2 with 4 registers (`vit_*_patch14_reg4_dinov2`). SFD reads the final normalised patch tokens
+(class and register tokens dropped: 256 x 768 for a 224 px input to the B/14) through `tokens`,
+after one of its two views: `semvae_training_view` (raw image: resize 256 bicubic, crop 224; the
+Semantic VAE's training features) or `semantic_latent_view` ([-1, 1] 256 px image: ImageNet
+normalisation, bicubic resize of the whole image to 224; the diffusion latents). The official
+`dinov2_vitb14_reg4_pretrain.pth` loads through timm's DINOv2 key mapping (registers -> `reg_token`,
+the class position folded into `cls_token`), and so does timm's `model.safetensors`.
+
 Input convention (faithful quirk, docs/reference_behaviour.md §6.5 / issue #78): the model receives the VAE's
 [-1, 1] tensor without normalisation. `normalize_input=True` maps to [0, 1] and applies the
 model's own mean / std (ImageNet for DINOv2, MAE and SAM; CLIP's for CLIP).
@@ -79,6 +88,20 @@ FOUNDATION_MODELS = {
     "sam": FoundationSpec(
         "samvit_large_patch16", "timm/samvit_large_patch16.sa1b",
         "sam_vit_l_0b3195.pth from github.com/facebookresearch/segment-anything", NATIVE),
+    # SFD's semantic encoders (torch.hub `dinov2_vit*14_reg`, named as SFD names them): DINOv2 with
+    # 4 register tokens; the B/14 one feeds the Semantic VAE and REPA. See `tokens` and the views.
+    "dinov2_vits14_reg": FoundationSpec(
+        "vit_small_patch14_reg4_dinov2", "timm/vit_small_patch14_reg4_dinov2.lvd142m",
+        "dinov2_vits14_reg4_pretrain.pth from github.com/facebookresearch/dinov2", GRID),
+    "dinov2_vitb14_reg": FoundationSpec(
+        "vit_base_patch14_reg4_dinov2", "timm/vit_base_patch14_reg4_dinov2.lvd142m",
+        "dinov2_vitb14_reg4_pretrain.pth from github.com/facebookresearch/dinov2", GRID),
+    "dinov2_vitl14_reg": FoundationSpec(
+        "vit_large_patch14_reg4_dinov2", "timm/vit_large_patch14_reg4_dinov2.lvd142m",
+        "dinov2_vitl14_reg4_pretrain.pth from github.com/facebookresearch/dinov2", GRID),
+    "dinov2_vitg14_reg": FoundationSpec(
+        "vit_giant_patch14_reg4_dinov2", "timm/vit_giant_patch14_reg4_dinov2.lvd142m",
+        "dinov2_vitg14_reg4_pretrain.pth from github.com/facebookresearch/dinov2", GRID),
 }
 
 
@@ -195,6 +218,16 @@ class FoundationModel(nn.Module):
         return x
 
     @torch.no_grad()
+    def tokens(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """x: (B, 3, H, W), already in the model's input space (one of the views below) ->
+        (class token (B, D), patch tokens (B, H/p * W/p, D)), both after the final LayerNorm
+        (DINOv2's `x_norm_clstoken`, `x_norm_patchtokens`: register tokens dropped). Plain ViTs only."""
+        if self.spec.input_mode == NATIVE or self.spec.project_tokens:
+            raise ValueError(f"{self.name}: tokens() is for the plain ViT families (DINOv2, MAE)")
+        out = self.model.forward_features(x)           # (B, prefix + L, D)
+        return out[:, 0], out[:, self.model.num_prefix_tokens:]
+
+    @torch.no_grad()
     def forward(self, x: torch.Tensor, grid: Optional[Tuple[int, int]] = None) -> torch.Tensor:
         """x: (B, 3, H, W) in [-1, 1]; grid: output (gh, gw), default (H // 16, W // 16).
 
@@ -212,3 +245,31 @@ class FoundationModel(nn.Module):
         if self.spec.project_tokens:
             tokens = self.model.head(tokens)
         return tokens.transpose(1, 2).reshape(B, -1, gh, gw)
+
+
+# ------------------------------------------------------------------------------------------------
+# SFD's two input views of the semantic encoder (docs/reference_behaviour.md, SFD part §1.1)
+# ------------------------------------------------------------------------------------------------
+
+def semvae_training_view(resize: int = 256, crop: int = 224) -> Callable:
+    """PIL image -> (3, crop, crop) ImageNet-normalised tensor: the view of the Semantic VAE's
+    pre-extracted training features (SFD `extract_dinov2_feature.py`): bicubic resize of the short
+    side to 256, center crop 224, ToTensor, ImageNet mean / std."""
+    from torchvision import transforms
+
+    return transforms.Compose([
+        transforms.Resize(resize, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(crop),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def semantic_latent_view(x: torch.Tensor, size: int = 224) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] (the texture VAE's ADM-cropped input) -> (B, 3, size, size): the
+    view SFD's latent extraction feeds the semantic encoder: (x + 1) / 2, ImageNet mean / std,
+    then a bicubic resize of the whole image (no crop; align_corners=False, no antialias)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    x = ((x + 1) / 2 - mean) / std
+    return F.interpolate(x, size=(size, size), mode="bicubic")

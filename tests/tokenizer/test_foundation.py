@@ -1,5 +1,6 @@
 """Foundation-model feature extractors (tokenizer/foundation.py) with tiny random ViTs of the
 same timm families (same code path as ViT-L, tiny dims)."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -183,3 +184,119 @@ def test_sam_clip_full_size_on_meta():
     assert (clip.feature_dim, clip.patch_size) == (512, 16)
     assert round(sum(p.numel() for p in sam.parameters()) / 1e6) == 308     # SAM ViT-L image encoder
     assert round(sum(p.numel() for p in clip.parameters()) / 1e6) == 86      # CLIP ViT-B/16 image tower
+
+
+#################################################################################
+#               SFD's semantic encoder: DINOv2 ViT-B/14 with registers          #
+#################################################################################
+
+# Tiny DINOv2-reg: 14-px patches, positions trained on a 5 x 5 grid (70 px), run at 56 px (4 x 4),
+# so the position table is resampled as at 518 -> 224 px in the real model.
+TINY_REG = dict(embed_dim=32, depth=2, num_heads=2, img_size=70)
+
+
+def _official_dinov2_reg(d=32, depth=2, grid=5, seed=0):
+    """A state dict in the layout of the official dinov2_vitb14_reg4_pretrain.pth (keys of
+    facebookresearch/dinov2's DinoVisionTransformer), with random values."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.2  # noqa: E731
+    sd = {"cls_token": r(1, 1, d), "pos_embed": r(1, 1 + grid * grid, d), "register_tokens": r(1, 4, d),
+          "mask_token": r(1, d), "patch_embed.proj.weight": r(d, 3, 14, 14), "patch_embed.proj.bias": r(d),
+          "norm.weight": 1 + r(d), "norm.bias": r(d)}
+    for i in range(depth):
+        p = f"blocks.{i}."
+        sd.update({p + "norm1.weight": 1 + r(d), p + "norm1.bias": r(d), p + "attn.qkv.weight": r(3 * d, d),
+                   p + "attn.qkv.bias": r(3 * d), p + "attn.proj.weight": r(d, d), p + "attn.proj.bias": r(d),
+                   p + "ls1.gamma": r(d), p + "norm2.weight": 1 + r(d), p + "norm2.bias": r(d),
+                   p + "mlp.fc1.weight": r(4 * d, d), p + "mlp.fc1.bias": r(4 * d), p + "mlp.fc2.weight": r(d, 4 * d),
+                   p + "mlp.fc2.bias": r(d), p + "ls2.gamma": r(d)})
+    return sd
+
+
+def _dinov2_reference(sd, x, heads=2):
+    """DINOv2-with-registers forward_features written from the official model's description:
+    patch embed; [cls; patches] + positions (the patch table bicubic-resized with antialias, as
+    the hub's reg models do); registers inserted after cls; pre-LN blocks with layer scale;
+    final norm. Returns (x_norm_clstoken, x_norm_patchtokens)."""
+    B, d = x.shape[0], sd["cls_token"].shape[-1]
+    t = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=14)
+    h, w = t.shape[-2:]
+    t = t.flatten(2).transpose(1, 2)
+    m = int((sd["pos_embed"].shape[1] - 1) ** 0.5)
+    patch_pos = sd["pos_embed"][:, 1:].reshape(1, m, m, d).permute(0, 3, 1, 2)
+    patch_pos = F.interpolate(patch_pos, size=(h, w), mode="bicubic", antialias=True).permute(0, 2, 3, 1).reshape(1, -1, d)
+    t = torch.cat([sd["cls_token"].expand(B, -1, -1) + sd["pos_embed"][:, :1], t + patch_pos], dim=1)
+    t = torch.cat([t[:, :1], sd["register_tokens"].expand(B, -1, -1), t[:, 1:]], dim=1)
+    n = t.shape[1]
+    for i in range(sum(k.endswith("ls1.gamma") for k in sd)):
+        p = f"blocks.{i}."
+        y = F.layer_norm(t, (d,), sd[p + "norm1.weight"], sd[p + "norm1.bias"], eps=1e-6)
+        q, k, v = (y @ sd[p + "attn.qkv.weight"].T + sd[p + "attn.qkv.bias"]).reshape(B, n, 3, heads, -1).permute(2, 0, 3, 1, 4)
+        a = torch.softmax(q @ k.transpose(-1, -2) * (d // heads) ** -0.5, dim=-1) @ v
+        a = a.transpose(1, 2).reshape(B, n, d) @ sd[p + "attn.proj.weight"].T + sd[p + "attn.proj.bias"]
+        t = t + sd[p + "ls1.gamma"] * a
+        y = F.layer_norm(t, (d,), sd[p + "norm2.weight"], sd[p + "norm2.bias"], eps=1e-6)
+        y = F.gelu(y @ sd[p + "mlp.fc1.weight"].T + sd[p + "mlp.fc1.bias"]) @ sd[p + "mlp.fc2.weight"].T + sd[p + "mlp.fc2.bias"]
+        t = t + sd[p + "ls2.gamma"] * y
+    t = F.layer_norm(t, (d,), sd["norm.weight"], sd["norm.bias"], eps=1e-6)
+    return t[:, 0], t[:, 5:]
+
+
+def test_dinov2_reg_official_layout_gives_the_official_tokens(tmp_path):
+    """The official release's keys (registers, class position inside pos_embed, mask token) load
+    strictly through timm's mapping, and `tokens` equals an independent DINOv2-reg forward."""
+    sd = _official_dinov2_reg()
+    torch.save(sd, tmp_path / "dinov2_vitb14_reg4_pretrain.pth")
+    fm = FoundationModel("dinov2_vitb14_reg", weights=str(tmp_path / "dinov2_vitb14_reg4_pretrain.pth"),
+                         model_kwargs=TINY_REG)
+    assert fm.model.num_prefix_tokens == 5 and fm.feature_dim == 32 and fm.patch_size == 14
+    x = torch.randn(2, 3, 56, 56, generator=torch.Generator().manual_seed(1))
+    cls, patches = fm.tokens(x)
+    ref_cls, ref_patches = _dinov2_reference(sd, x)
+    assert patches.shape == (2, 16, 32)                      # 4 x 4 patches, registers dropped
+    assert torch.allclose(patches, ref_patches, atol=1e-5) and torch.allclose(cls, ref_cls, atol=1e-5)
+    # timm's own layout (the hub's model.safetensors) loads too, with the same tokens
+    from safetensors.torch import save_file
+    save_file({k: v.contiguous() for k, v in fm.model.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    again = FoundationModel("dinov2_vitb14_reg", weights=str(tmp_path / "model.safetensors"), model_kwargs=TINY_REG)
+    assert torch.equal(again.tokens(x)[1], patches)
+    with pytest.raises(FileNotFoundError, match="dinov2_vitb14_reg4_pretrain.pth.*facebookresearch/dinov2"):
+        FoundationModel("dinov2_vitb14_reg", weights=str(tmp_path / "nope.pth"), model_kwargs=TINY_REG)
+
+
+def test_dinov2_reg_b14_full_size_on_meta():
+    """The real encoder: 768-d tokens, 4 registers, 256 patch tokens at 224 px (no allocation)."""
+    with torch.device("meta"):
+        fm = FoundationModel("dinov2_vitb14_reg", random_init=True)
+        cls, patches = fm.tokens(torch.zeros(2, 3, 224, 224))
+    assert fm.feature_dim == 768 and fm.model.num_prefix_tokens == 5 and fm.model.reg_token.shape == (1, 4, 768)
+    assert cls.shape == (2, 768) and patches.shape == (2, 256, 768)
+    block = 2 * 768 + (768 * 2304 + 2304) + (768 * 768 + 768) + 768 + 2 * 768 + (768 * 3072 + 3072) + (3072 * 768 + 768) + 768
+    patch_embed, cls_reg, positions = 768 * 3 * 14 * 14 + 768, 5 * 768, 37 * 37 * 768   # positions trained at 518 px
+    assert sum(p.numel() for p in fm.parameters()) == patch_embed + cls_reg + positions + 12 * block + 2 * 768
+
+
+def test_the_two_semantic_views():
+    from PIL import Image
+    from tokenizer.foundation import semantic_latent_view, semvae_training_view
+
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    # extraction view: [-1, 1] 256 px -> ImageNet-normalised 224 px, the whole image resized bicubic
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    out = semantic_latent_view(x)
+    assert out.shape == (2, 3, 224, 224)
+    assert torch.allclose(out, F.interpolate(((x + 1) / 2 - mean) / std, size=(224, 224), mode="bicubic",
+                                             align_corners=False), atol=1e-6)
+    flat = semantic_latent_view(torch.full((1, 3, 256, 256), 0.5))   # constants stay constant: no crop, no pad
+    assert torch.allclose(flat, ((0.75 - mean) / std).expand(1, 3, 224, 224), atol=1e-5)
+    # training view: short side to 256 bicubic, centre 224 crop, ImageNet normalisation
+    img = np.zeros((300, 400, 3), dtype=np.uint8)
+    img[:, :200] = (255, 0, 0)                                       # left half red: the crop keeps the middle
+    t = semvae_training_view()(Image.fromarray(img))
+    assert t.shape == (3, 224, 224)
+    red = (torch.tensor([1.0, 0.0, 0.0]).view(3, 1) - mean.view(3, 1)) / std.view(3, 1)
+    black = -mean.view(3, 1) / std.view(3, 1)
+    # 400 x 300 -> 341 x 256; the crop spans x in [58, 282) of the resized image, red up to 170.5
+    assert torch.allclose(t[:, 100, :100], red.expand(3, 100), atol=1e-6)
+    assert torch.allclose(t[:, 100, 124:], black.expand(3, 100), atol=1e-6)
