@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 
 from utils.fileio import require_torch_file
+from utils.state_dict import load_strict
 
 logger = logging.getLogger(__name__)
 
@@ -101,25 +102,6 @@ def read_lightningdit_state_dict(path: PathLike, prefer_ema: bool = True,
                      f"(top-level keys: {sorted(map(str, obj))})")
 
 
-def check_state_dict_compatible(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                                name: str = "state dict") -> None:
-    """Raise ValueError naming every missing, unexpected or wrongly shaped key."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
-    if mismatched:
-        problems.append(f"shape mismatches {mismatched}")
-    if problems:
-        raise ValueError(f"{name} does not match the model: " + "; ".join(problems))
-
-
 def load_lightningdit_checkpoint(path: PathLike, model: Optional[nn.Module] = None, prefer_ema: bool = True,
                                  weights_only: bool = True) -> Union[nn.Module, Dict[str, torch.Tensor]]:
     """Load LightningDiT weights from `path` (.pt or .safetensors), strictly.
@@ -130,8 +112,7 @@ def load_lightningdit_checkpoint(path: PathLike, model: Optional[nn.Module] = No
     state_dict, source = read_lightningdit_state_dict(path, prefer_ema=prefer_ema, weights_only=weights_only)
     if model is None:
         return state_dict
-    check_state_dict_compatible(model, state_dict, name=f"{path} [{source}]")
-    model.load_state_dict(state_dict, strict=True)
+    load_strict(model, state_dict, f"{path} [{source}]")
     logger.info("loaded %s weights from %s (%d tensors)", source, path, len(state_dict))
     return model
 
