@@ -1,16 +1,9 @@
 """LightningDiT: the class-conditional latent diffusion transformer of "Reconstruction vs.
 Generation" (hustvl/LightningDiT), in the layout of facebookresearch/DiT's models.py.
 
-Behaviour follows the reference implementation (spec: docs/reference_behaviour.md §1 and 11.1):
-state_dict keys, shapes and persistence are identical for every flag combination, so released
-checkpoints load with strict=True and ours load in theirs. The block is written for speed.
-Which kernels run is decided in one place, models/kernels.py: on CUDA (and under torch.compile)
-the plain formulas with torch's SDPA; on CPU in eager mode hand-written kernels (in bf16 the
-flash-accurate attention of models/attention.py with RoPE fused in; RMSNorm -> modulate and the
-SwiGLU gate as autograd Functions with fused backward passes, models/fused_ops.py; RoPE as one
-complex multiply on precomputed tables). Both avoid einops re-layouts and give the
-reference's numbers: the same dtype at every rounding point under bf16 autocast, and float32 results equal to
-float rounding (most paths are bit-identical).
+One plain formulation: the reference's formulas (docs/reference_behaviour.md §1); models/kernels.py
+swaps in CPU-kernel variants of some modules. State_dict keys, shapes and persistence are the
+reference's for every flag combination, so released checkpoints load with strict=True.
 
 Quirks the published numbers depend on are kept as defaults (docs/reference_behaviour.md §9.1):
 - t in [0, 1] enters the sinusoidal embedder as is (no x1000), cos half first.
@@ -18,9 +11,9 @@ Quirks the published numbers depend on are kept as defaults (docs/reference_beha
 - RoPE buffers are persistent and cover the full head dim with interleaved pairs.
 - forward_with_cfg guides only the first 3 channels (cfg_channels=3); cfg_channels=None is the fix.
 """
-import logging
+import functools
 import math
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,31 +22,11 @@ import torch.nn.functional as F
 from timm.layers import Mlp, PatchEmbed
 from torch.utils.checkpoint import checkpoint
 
-from models.attention import rotate_pairs, scaled_dot_product_attention
-from models.fused_ops import rms_norm_modulate, silu_gate
-from models.kernels import use_cpu_kernels
-
-logger = logging.getLogger(__name__)
-
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
-
-
 def modulate(x: torch.Tensor, shift: Optional[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation x * (1 + scale) + shift; x (B, N, D), shift/scale (B, D)."""
-    x = x * (1 + scale.unsqueeze(1))
-    if shift is None:  # wo_shift variant
-        return x
-    return x + shift.unsqueeze(1)
-
-
-def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x + gate[:, None] * y. addcmul saves a pass, but it skips the rounding of the product to
-    the product's dtype, so it is used only when all three dtypes agree (then it is exact
-    to float rounding); under bf16 autocast the reference's bf16 product is kept."""
-    gate = gate.unsqueeze(1)
-    if x.dtype == gate.dtype == y.dtype:
-        return torch.addcmul(x, gate, y)
-    return x + gate * y
+    """adaLN modulation x * (1 + scale) + shift; x (B, N, D), shift/scale (B, D); no shift: wo_shift."""
+    if shift is None:
+        return x * (1 + scale.unsqueeze(1))
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
 #################################################################################
@@ -65,11 +38,8 @@ class TimestepEmbedder(nn.Module):
 
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(frequency_embedding_size, hidden_size, bias=True),
-            nn.SiLU(),
-            nn.Linear(hidden_size, hidden_size, bias=True),
-        )
+        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size, bias=True), nn.SiLU(),
+                                 nn.Linear(hidden_size, hidden_size, bias=True))
         self.frequency_embedding_size = frequency_embedding_size
 
     @staticmethod
@@ -120,11 +90,7 @@ class LabelEmbedder(nn.Module):
 #################################################################################
 
 class RMSNorm(nn.Module):
-    """y = (x_f32 * rsqrt(mean(x_f32^2) + eps)).to(x.dtype) * weight (docs/reference_behaviour.md §1.8).
-
-    F.rms_norm gives the same numbers: bit-identical for float32 x and weight, and for bf16/fp16
-    x the weight-free kernel computes in float32 and rounds to x.dtype before the weight multiply,
-    exactly where the reference rounds. Other dtype pairs use the written-out formula."""
+    """y = (x_f32 * rsqrt(mean(x_f32^2) + eps)).to(x.dtype) * weight (docs/reference_behaviour.md §1.8)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -132,12 +98,6 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (x.shape[-1],)
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.rms_norm(x, shape, self.weight, self.eps)
-        if x.dtype in _LOW_PRECISION:
-            # .to(x.dtype) is a no-op unless an autocast policy upcast the kernel's output.
-            return F.rms_norm(x, shape, None, self.eps).to(x.dtype) * self.weight
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
@@ -152,20 +112,8 @@ class SwiGLUFFN(nn.Module):
         self.w3 = nn.Linear(hidden_features, in_features, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.w12(x)  # [gate; value]
-        if not use_cpu_kernels(h):  # CUDA, or compiled: plain ops (inductor fuses them)
-            gate, value = h.chunk(2, dim=-1)
-            return self.w3(F.silu(gate) * value)
-        return self.w3(silu_gate(h))
-
-
-def norm_modulate(norm: nn.Module, x: torch.Tensor, shift: Optional[torch.Tensor],
-                  scale: torch.Tensor) -> torch.Tensor:
-    """modulate(norm(x), shift, scale), through the fused CPU RMSNorm kernel where it applies."""
-    if (isinstance(norm, RMSNorm) and x.dtype == norm.weight.dtype == torch.float32
-            and use_cpu_kernels(x)):
-        return rms_norm_modulate(x, norm.weight, norm.eps, shift, scale)
-    return modulate(norm(x), shift, scale)
+        gate, value = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(gate) * value)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -179,12 +127,7 @@ class VisionRotaryEmbedding(nn.Module):
 
     freqs_cos / freqs_sin (N, head_dim) are persistent buffers (they are in released
     checkpoints). Dims [0, head_dim/2) rotate with the row (h) index, the rest with the column
-    (w) index; each frequency fills an adjacent pair of dims. rope(x) = x*cos + rotate_half(x)*sin.
-
-    Because cos/sin are equal within each pair, that is the complex product of the pairs
-    (x_2i + i x_2i+1) with exp(i angle_i): one pass, no stack, same float32 roundings.
-    The complex table is rebuilt from the buffers on every call (tiny), so loaded values are
-    always used; a state dict whose tables lack the pair structure falls back to the formula."""
+    (w) index; each frequency fills an adjacent pair of dims."""
 
     def __init__(self, dim: int, pt_seq_len: int, theta: float = 10000.0):
         super().__init__()
@@ -198,38 +141,10 @@ class VisionRotaryEmbedding(nn.Module):
         grid = grid.reshape(pt_seq_len * pt_seq_len, 2 * dim)  # token n = h * G + w
         self.register_buffer("freqs_cos", grid.cos())
         self.register_buffer("freqs_sin", grid.sin())
-        self._paired = True
-        self.register_load_state_dict_post_hook(VisionRotaryEmbedding._check_pairs)
-
-    @staticmethod
-    def _check_pairs(module: "VisionRotaryEmbedding", incompatible_keys) -> None:
-        c, s = module.freqs_cos, module.freqs_sin
-        if c.is_meta or s.is_meta:
-            return
-        module._paired = bool(torch.equal(c[:, 0::2], c[:, 1::2]) and torch.equal(s[:, 0::2], s[:, 1::2]))
-        if not module._paired:
-            logger.warning("RoPE tables are not pair-interleaved; using the unfused RoPE formula")
-
-    def rotation(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """The (N, head_dim/2) complex table with rope(x) = x (x) table over interleaved pairs, in
-        the dtype the reference formula computes x in (float32/float64); None where that product
-        does not apply (tables without the pair structure, half-precision tables, odd head_dim,
-        the plain kernel path of models/kernels.py (CUDA), or under torch.compile, which has no
-        complex codegen and fuses the formula instead)."""
-        cos, sin = self.freqs_cos, self.freqs_sin
-        if not self._paired or x.shape[-1] % 2 or not use_cpu_kernels(x):
-            return None
-        dtype = torch.result_type(x, cos)
-        if dtype not in (torch.float32, torch.float64):
-            return None
-        return torch.complex(cos[:, 0::2].to(dtype), sin[:, 0::2].to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, heads, N, head_dim) -> same shape, dtype promoted with the tables' (as the reference)."""
-        rot = self.rotation(x)
-        if rot is None:
-            return x * self.freqs_cos + rotate_half(x) * self.freqs_sin
-        return rotate_pairs(x, rot)
+        return x * self.freqs_cos + rotate_half(x) * self.freqs_sin
 
 
 #################################################################################
@@ -237,9 +152,8 @@ class VisionRotaryEmbedding(nn.Module):
 #################################################################################
 
 class Attention(nn.Module):
-    """Multi-head self-attention: fused qkv, optional per-head qk-norm, then RoPE on q and k,
-    then scaled dot-product attention (scale 1/sqrt(head_dim), no mask): torch's SDPA kernels,
-    or on CPU in bf16 the flash-accurate kernel of models/attention.py, with RoPE fused in."""
+    """Multi-head self-attention: fused qkv, optional per-head qk-norm, RoPE on q and k, then
+    scaled dot-product attention (scale 1/sqrt(head_dim), no mask; attn_drop is 0 in the reference)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
                  norm_layer: Callable[..., nn.Module] = nn.LayerNorm):
@@ -258,7 +172,9 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, h, N, d_h) each
         q, k = self.q_norm(q), self.k_norm(k)
-        x = scaled_dot_product_attention(q, k, v, rope=rope)  # RoPE on q and k; attn_drop is 0 in the reference
+        if rope is not None:
+            q, k = rope(q), rope(k)
+        x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
@@ -287,16 +203,20 @@ class LightningDiTBlock(nn.Module):
         n_mod = 4 if wo_shift else 6
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, n_mod * hidden_size, bias=True))
 
+    def modulation(self, c: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        """(shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp), each (B, D); the
+        shifts are None with wo_shift."""
+        if self.wo_shift:
+            scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(4, dim=1)
+            return None, scale_msa, gate_msa, None, scale_mlp, gate_mlp
+        return self.adaLN_modulation(c).chunk(6, dim=1)
+
     def forward(self, x: torch.Tensor, c: torch.Tensor,
                 feat_rope: Optional[VisionRotaryEmbedding] = None) -> torch.Tensor:
         """x (B, N, D), c (B, D) -> (B, N, D)."""
-        if self.wo_shift:
-            scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(4, dim=1)
-            shift_msa = shift_mlp = None
-        else:
-            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = gated_residual(x, gate_msa, self.attn(norm_modulate(self.norm1, x, shift_msa, scale_msa), rope=feat_rope))
-        x = gated_residual(x, gate_mlp, self.mlp(norm_modulate(self.norm2, x, shift_mlp, scale_mlp)))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope=feat_rope)
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
 
 
@@ -314,7 +234,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(norm_modulate(self.norm_final, x, shift, scale))
+        return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
 class LightningDiT(nn.Module):
@@ -324,25 +244,11 @@ class LightningDiT(nn.Module):
     the reference's; the released model is LightningDiT-XL/1 with in_channels=32, input_size=16,
     use_swiglu/use_rope/use_rmsnorm=True."""
 
-    def __init__(
-        self,
-        input_size: int = 32,
-        patch_size: int = 2,
-        in_channels: int = 32,
-        hidden_size: int = 1152,
-        depth: int = 28,
-        num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        class_dropout_prob: float = 0.1,
-        num_classes: int = 1000,
-        learn_sigma: bool = False,
-        use_qknorm: bool = False,
-        use_swiglu: bool = False,
-        use_rope: bool = False,
-        use_rmsnorm: bool = False,
-        wo_shift: bool = False,
-        use_checkpoint: bool = False,
-    ):
+    def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 32, hidden_size: int = 1152,
+                 depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0, class_dropout_prob: float = 0.1,
+                 num_classes: int = 1000, learn_sigma: bool = False, use_qknorm: bool = False,
+                 use_swiglu: bool = False, use_rope: bool = False, use_rmsnorm: bool = False,
+                 wo_shift: bool = False, use_checkpoint: bool = False):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
@@ -467,12 +373,8 @@ class LightningDiT(nn.Module):
 
     def compile_blocks(self, **compile_kwargs) -> "LightningDiT":
         """torch.compile each block and the final layer in place (nn.Module.compile), as the
-        reference decorates them (1.11). state_dict keys are unchanged; compilation happens
-        lazily on the first call. Returns self.
-
-        Under compilation the blocks take the plain formulas (real-valued RoPE, RMSNorm then
-        modulate, chunk / silu / multiply) instead of the eager fused Functions, so dynamo traces
-        each block as one graph and inductor fuses the elementwise chains itself."""
+        reference decorates them (1.11); inductor fuses the plain formulas' elementwise chains.
+        state_dict keys are unchanged; compilation happens lazily on the first call. Returns self."""
         for block in self.blocks:
             block.compile(**compile_kwargs)
         self.final_layer.compile(**compile_kwargs)
@@ -482,73 +384,37 @@ class LightningDiT(nn.Module):
 #################################################################################
 #                   Sine/Cosine Positional Embedding Functions                  #
 #################################################################################
-# MAE / DiT style, computed in float64 numpy.
 
 def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
-    """(grid_size**2, embed_dim): first half encodes the column (w) index, second half the row
-    (h) index; token n = row * grid_size + col."""
-    grid_h = np.arange(grid_size, dtype=np.float32)
-    grid_w = np.arange(grid_size, dtype=np.float32)
-    grid = np.meshgrid(grid_w, grid_h)  # w goes first
-    grid = np.stack(grid, axis=0).reshape([2, 1, grid_size, grid_size])
-    return get_2d_sincos_pos_embed_from_grid(embed_dim, grid)
+    """(grid_size**2, embed_dim), MAE / DiT style in float64: the first half encodes the column
+    (w) index, the second half the row (h) index, each as [sin(pos * omega), cos(pos * omega)]
+    with omega_k = 10000^(-k / (embed_dim / 4)); token n = row * grid_size + col."""
+    if embed_dim % 4:
+        raise ValueError(f"embed_dim must be a multiple of 4, got {embed_dim}")
+    omega = 1.0 / 10000 ** (np.arange(embed_dim // 4, dtype=np.float64) / (embed_dim / 4.0))
+    rows, cols = np.meshgrid(*[np.arange(grid_size, dtype=np.float32)] * 2, indexing="ij")
 
-
-def get_2d_sincos_pos_embed_from_grid(embed_dim: int, grid: np.ndarray) -> np.ndarray:
-    if embed_dim % 2:
-        raise ValueError(f"embed_dim must be even, got {embed_dim}")
-    emb_h = get_1d_sincos_pos_embed_from_grid(embed_dim // 2, grid[0])  # (G*G, D/2)
-    emb_w = get_1d_sincos_pos_embed_from_grid(embed_dim // 2, grid[1])  # (G*G, D/2)
-    return np.concatenate([emb_h, emb_w], axis=1)
-
-
-def get_1d_sincos_pos_embed_from_grid(embed_dim: int, pos: np.ndarray) -> np.ndarray:
-    """positions (M,) -> (M, embed_dim): [sin(pos * omega), cos(pos * omega)], sin first."""
-    if embed_dim % 2:
-        raise ValueError(f"embed_dim must be even, got {embed_dim}")
-    omega = np.arange(embed_dim // 2, dtype=np.float64)
-    omega /= embed_dim / 2.0
-    omega = 1.0 / 10000 ** omega  # (D/2,)
-    out = np.einsum("m,d->md", pos.reshape(-1), omega)  # (M, D/2)
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+    def embed(pos: np.ndarray) -> np.ndarray:
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)  # (G*G, D/4)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+    return np.concatenate([embed(cols), embed(rows)], axis=1)
 
 
 #################################################################################
 #                            LightningDiT Configs                               #
 #################################################################################
 
-def LightningDiT_B_1(**kwargs):
-    return LightningDiT(depth=12, hidden_size=768, patch_size=1, num_heads=12, **kwargs)
-
-def LightningDiT_B_2(**kwargs):
-    return LightningDiT(depth=12, hidden_size=768, patch_size=2, num_heads=12, **kwargs)
-
-def LightningDiT_L_2(**kwargs):
-    return LightningDiT(depth=24, hidden_size=1024, patch_size=2, num_heads=16, **kwargs)
-
-def LightningDiT_XL_1(**kwargs):
-    return LightningDiT(depth=28, hidden_size=1152, patch_size=1, num_heads=16, **kwargs)
-
-def LightningDiT_XL_2(**kwargs):
-    return LightningDiT(depth=28, hidden_size=1152, patch_size=2, num_heads=16, **kwargs)
-
-def LightningDiT_1p0B_1(**kwargs):
-    return LightningDiT(depth=24, hidden_size=1536, patch_size=1, num_heads=24, **kwargs)
-
-def LightningDiT_1p0B_2(**kwargs):
-    return LightningDiT(depth=24, hidden_size=1536, patch_size=2, num_heads=24, **kwargs)
-
-def LightningDiT_1p6B_1(**kwargs):
-    return LightningDiT(depth=28, hidden_size=1792, patch_size=1, num_heads=28, **kwargs)
-
-def LightningDiT_1p6B_2(**kwargs):
-    return LightningDiT(depth=28, hidden_size=1792, patch_size=2, num_heads=28, **kwargs)
-
+# name -> (depth, hidden_size, patch_size, num_heads)
+LightningDiT_sizes: Dict[str, Dict[str, int]] = {
+    f"LightningDiT-{name}": dict(depth=depth, hidden_size=hidden, patch_size=patch, num_heads=heads)
+    for name, (depth, hidden, patch, heads) in {
+        "B/1": (12, 768, 1, 12), "B/2": (12, 768, 2, 12),
+        "L/2": (24, 1024, 2, 16),
+        "XL/1": (28, 1152, 1, 16), "XL/2": (28, 1152, 2, 16),
+        "1p0B/1": (24, 1536, 1, 24), "1p0B/2": (24, 1536, 2, 24),
+        "1p6B/1": (28, 1792, 1, 28), "1p6B/2": (28, 1792, 2, 28),
+    }.items()
+}
 
 LightningDiT_models: Dict[str, Callable[..., LightningDiT]] = {
-    'LightningDiT-B/1': LightningDiT_B_1, 'LightningDiT-B/2': LightningDiT_B_2,
-    'LightningDiT-L/2': LightningDiT_L_2,
-    'LightningDiT-XL/1': LightningDiT_XL_1, 'LightningDiT-XL/2': LightningDiT_XL_2,
-    'LightningDiT-1p0B/1': LightningDiT_1p0B_1, 'LightningDiT-1p0B/2': LightningDiT_1p0B_2,
-    'LightningDiT-1p6B/1': LightningDiT_1p6B_1, 'LightningDiT-1p6B/2': LightningDiT_1p6B_2,
-}
+    name: functools.partial(LightningDiT, **size) for name, size in LightningDiT_sizes.items()}

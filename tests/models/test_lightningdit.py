@@ -1,6 +1,7 @@
 """Tests for models/lightningdit.py against closed forms, invariants and an independent plain
 formulation written here from docs/reference_behaviour.md §1 (einops RoPE, explicit softmax attention,
-written-out RMSNorm, rearrange unpatchify), reading the weights from the state dict only."""
+written-out RMSNorm, rearrange unpatchify), reading the weights from the state dict only. The network runs both as the plain modules and with
+the CPU-kernel variants of models/kernels.py (parameter `kernels`)."""
 import copy
 import itertools
 import math
@@ -11,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from models.attention import cpu_attention
+from models.kernels import use_cpu_kernels
 from models.lightningdit import (LightningDiT, LightningDiT_models, TimestepEmbedder, VisionRotaryEmbedding,
                                  get_2d_sincos_pos_embed, rotate_half)
-
 
 
 RELEASED = dict(input_size=16, in_channels=32, use_swiglu=True, use_rope=True, use_rmsnorm=True)
@@ -110,7 +112,11 @@ def test_registry_sizes():
         m = meta_model(f"LightningDiT-{k}", **RELEASED)
         assert len(m.blocks) == depth and m.pos_embed.shape[-1] == D and m.patch_size == p
         assert m.blocks[0].attn.num_heads == h
-        assert round(sum(q.numel() for q in m.parameters()) / 1e6, 2) == mparams
+        shapes = expected_shapes(D, depth, h, p, **{k: v for k, v in RELEASED.items() if k != "in_channels"})
+        assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == shapes
+        n = sum(q.numel() for q in m.parameters())
+        assert n == sum(math.prod(s) for name, s in shapes.items() if not name.startswith("feat_rope"))
+        assert round(n / 1e6, 2) == mparams
 
 
 def test_constructor_defaults():
@@ -199,24 +205,6 @@ def test_rope_is_relative_rotation():
     for vals in by_delta.values():
         torch.testing.assert_close(torch.stack(vals), vals[0].expand(len(vals)), rtol=0, atol=1e-5)
     assert len({round(v[0].item(), 4) for v in by_delta.values()}) > 10  # not trivially constant
-    # The fused complex path equals the written formula.
-    torch.testing.assert_close(r, x * rope.freqs_cos + rotate_half(x) * rope.freqs_sin, rtol=0, atol=1e-6)
-
-
-def test_rope_unpaired_tables_fall_back():
-    rope = VisionRotaryEmbedding(dim=4, pt_seq_len=2)
-    sd = {k: torch.randn_like(v) for k, v in rope.state_dict().items()}
-    rope.load_state_dict(sd)
-    assert not rope._paired
-    x = torch.randn(1, 1, 4, 8)
-    torch.testing.assert_close(rope(x), x * sd["freqs_cos"] + rotate_half(x) * sd["freqs_sin"], rtol=0, atol=0)
-    m, _ = tiny(use_rope=True)  # the check also runs when the whole model loads a state dict
-    sd = m.state_dict()
-    sd["feat_rope.freqs_sin"] = torch.randn_like(sd["feat_rope.freqs_sin"])
-    m.load_state_dict(sd)
-    assert not m.feat_rope._paired
-    m.load_state_dict(tiny(use_rope=True)[0].state_dict())
-    assert m.feat_rope._paired
 
 
 # ----------------------------------------------------------------------------------------------
@@ -301,10 +289,12 @@ def plain_forward(sd, cfg, x, t, y, drop=None, attention=None, contiguous=False)
     return out[:, :C] if cfg["learn_sigma"] else out
 
 
-def tiny(seed=0, patch=1, hidden=32, heads=2, depth=2, C=4, input_size=8, randomize=True, **flags):
+def tiny(seed=0, patch=1, hidden=32, heads=2, depth=2, C=4, input_size=8, randomize=True, kernels="plain", **flags):
     torch.manual_seed(seed)
     m = LightningDiT(input_size=input_size, patch_size=patch, in_channels=C, hidden_size=hidden, depth=depth,
                      num_heads=heads, num_classes=10, **flags)
+    if kernels == "cpu":
+        use_cpu_kernels(m)
     if randomize:  # init zeroes adaLN and the output layer; give every weight a random value
         with torch.no_grad():  # fan-in scaled, so activations stay O(1) and tolerances are absolute
             for name, prm in m.named_parameters():
@@ -328,14 +318,18 @@ def inputs(B=3, C=4, S=8, seed=1):
 
 
 FLAG_NAMES = ("use_qknorm", "use_swiglu", "use_rope", "use_rmsnorm", "wo_shift")
+KERNELS = ("plain", "cpu")
+# The attention kernel that the reference formulation uses to match each path's bf16 roundings.
+ATTENTION = {"plain": F.scaled_dot_product_attention, "cpu": cpu_attention}
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("bits", list(itertools.product([False, True], repeat=len(FLAG_NAMES))),
                          ids=lambda b: "".join("1" if v else "0" for v in b))
-def test_matches_plain_formulation_all_flags(bits):
+def test_matches_plain_formulation_all_flags(bits, kernels):
     flags = dict(zip(FLAG_NAMES, bits))
     for patch, learn_sigma, dropout in itertools.product([1, 2], [False, True], [0.0, 0.1]):
-        m, cfg = tiny(patch=patch, learn_sigma=learn_sigma, class_dropout_prob=dropout, **flags)
+        m, cfg = tiny(patch=patch, learn_sigma=learn_sigma, class_dropout_prob=dropout, kernels=kernels, **flags)
         sd = m.state_dict()
         x, t, y = inputs()
         for train in (False, True):
@@ -355,17 +349,17 @@ def test_matches_plain_formulation_all_flags(bits):
 @pytest.mark.parametrize("flags", [dict(use_rope=True, use_rmsnorm=True, use_swiglu=True),
                                    dict(use_rope=True, use_rmsnorm=True, use_swiglu=True, use_qknorm=True),
                                    dict(use_qknorm=True, wo_shift=True)])
-def test_bf16_autocast_same_rounding_points(flags):
-    """Under bf16 autocast the fast paths round where the reference rounds: the plain formulation
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_bf16_autocast_same_rounding_points(flags, kernels):
+    """Under bf16 autocast both paths round where the reference rounds: the plain formulation
     with the same attention kernel and token layout gives the same bf16 output. (The CPU bf16
     attention kernel itself is checked against float32 attention in test_attention.py.)"""
-    from models.attention import scaled_dot_product_attention
-    m, cfg = tiny(**flags)
+    m, cfg = tiny(kernels=kernels, **flags)
     x, t, y = inputs()
     m.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(x, t, y)
-        ref = plain_forward(m.state_dict(), cfg, x, t, y, attention=scaled_dot_product_attention, contiguous=True)
+        ref = plain_forward(m.state_dict(), cfg, x, t, y, attention=ATTENTION[kernels], contiguous=True)
     assert out.dtype == ref.dtype == torch.bfloat16
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
@@ -374,12 +368,13 @@ def test_bf16_autocast_same_rounding_points(flags):
 @pytest.mark.parametrize("flags", [dict(use_rope=True, use_rmsnorm=True, use_swiglu=True),
                                    dict(use_rope=True, use_rmsnorm=True, use_swiglu=True, use_qknorm=True, wo_shift=True),
                                    dict()])
-def test_gradients_match_plain_formulation(flags, autocast):
-    """The hand-written backward passes (fused norm/modulate, SiLU gate, CPU bf16 attention) give
-    autograd's gradients of the plain formulation for every parameter: to float rounding in
-    float32, to bf16 rounding under autocast (the plain side then uses the same attention kernel)."""
-    from models.attention import scaled_dot_product_attention
-    m, cfg = tiny(**flags)
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_gradients_match_plain_formulation(flags, autocast, kernels):
+    """Both paths, including the hand-written backward passes of the CPU kernels (fused
+    norm/modulate, SiLU gate, bf16 attention), give autograd's gradients of the plain formulation
+    for every parameter: to float rounding in float32, to bf16 rounding under autocast (the plain
+    side then uses the same attention kernel)."""
+    m, cfg = tiny(kernels=kernels, **flags)
     x, t, y = inputs()
     m.eval()
     sd = {k: v.detach().clone().requires_grad_(v.is_floating_point() and k != "pos_embed")
@@ -388,7 +383,7 @@ def test_gradients_match_plain_formulation(flags, autocast):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = m(x, t, y)
         ref = plain_forward(sd, cfg, x, t, y, contiguous=True,
-                            attention=scaled_dot_product_attention if autocast else None)
+                            attention=ATTENTION[kernels] if autocast else None)
     out.float().backward(grad)
     ref.float().backward(grad)
     tol = dict(rtol=0.05, atol=0.05) if autocast else dict(rtol=1e-4, atol=1e-5)
@@ -398,11 +393,14 @@ def test_gradients_match_plain_formulation(flags, autocast):
             torch.testing.assert_close(prm.grad / scale, sd[name].grad / scale, **tol, msg=lambda s: f"{name}: {s}")
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("contiguous", [True, False])
-def test_rmsnorm_equals_written_formula(contiguous):
+def test_rmsnorm_equals_written_formula(contiguous, kernels):
     from models.lightningdit import RMSNorm
     torch.manual_seed(0)
     norm = RMSNorm(48)
+    if kernels == "cpu":
+        use_cpu_kernels(norm)  # F.rms_norm where it gives the formula's roundings
     with torch.no_grad():
         norm.weight.copy_(1 + 0.3 * torch.randn(48))
     x = 3 * torch.randn(2, 48, 20).transpose(1, 2)  # (2, 20, 48), transposed layout
@@ -497,10 +495,11 @@ def test_learn_sigma_returns_in_channels():
     assert m(x, t, y).shape == x.shape
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("flags", [dict(use_rope=True, use_rmsnorm=True, use_swiglu=True), dict(wo_shift=True)])
-def test_gradient_checkpointing_identical(flags):
-    m, _ = tiny(**flags)
-    m2, _ = tiny(use_checkpoint=True, **flags)
+def test_gradient_checkpointing_identical(flags, kernels):
+    m, _ = tiny(kernels=kernels, **flags)
+    m2, _ = tiny(use_checkpoint=True, kernels=kernels, **flags)
     m2.load_state_dict(m.state_dict())
     x, t, y = inputs()
     for model in (m, m2):
@@ -520,10 +519,12 @@ def test_compile_blocks_keeps_state_dict_keys():
     assert list(m.state_dict()) == keys
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("bf16", [False, True])
-def test_block_traces_as_one_graph(bf16):
-    """compile_blocks must not fall back to eager inside a block (a graph break costs the fusion)."""
-    m, _ = tiny(use_rope=True, use_rmsnorm=True, use_swiglu=True, use_qknorm=True)
+def test_block_traces_as_one_graph(bf16, kernels):
+    """compile_blocks must not fall back to eager inside a block (a graph break costs the fusion);
+    a CPU-kernel variant traced by mistake runs its plain forward."""
+    m, _ = tiny(use_rope=True, use_rmsnorm=True, use_swiglu=True, use_qknorm=True, kernels=kernels)
     block = m.blocks[0]
     n_tokens, dim = m.pos_embed.shape[1:]
     x, c = torch.randn(2, n_tokens, dim), torch.randn(2, dim)
@@ -563,3 +564,4 @@ def test_compile_blocks_same_gradients(bf16):
         if p1.requires_grad:
             scale = p1.grad.abs().max().item()
             torch.testing.assert_close(p2.grad, p1.grad, rtol=0, atol=tol * max(scale, 1e-3), msg=name)
+
