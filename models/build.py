@@ -1,5 +1,6 @@
 """LightningDiT from the config: the registry entry named by `model.model_type`, the latent grid
-implied by `data.image_size` and `vae.downsample_ratio`, optional size overrides for tiny models.
+implied by `data.image_size` and `vae.downsample_ratio`, optional size overrides for tiny models,
+SFD's parts when its keys ask for them.
 
 Used by training, sampling and the benchmarks so that every script builds the same network from
 the same keys (the reference copied the constructor call into each script with different kwargs).
@@ -43,6 +44,8 @@ def build_model(cfg, training: bool = True) -> nn.Module:
     As the reference: in_channels = model.in_chans, input_size = latent_size(cfg). Gradient
     checkpointing (`model.use_checkpoint`) only when training. `model.hidden_size/depth/
     num_heads/patch_size`, when set, replace the registry entry's values (tiny CPU models).
+    SFD's keys: model.semantic_chans, semfirst_delta_t, use_repa, repa_dino_version and
+    repa_feat_depth (the constructor's repa_depth); a bad combination is a ValueError naming them.
     """
     m = cfg.model
     if m.model_type not in LightningDiT_sizes:
@@ -54,5 +57,7 @@ def build_model(cfg, training: bool = True) -> nn.Module:
         input_size=latent_size(cfg), in_channels=m.in_chans, num_classes=cfg.data.num_classes,
         class_dropout_prob=m.class_dropout_prob, learn_sigma=m.learn_sigma, use_qknorm=m.use_qknorm,
         use_swiglu=m.use_swiglu, use_rope=m.use_rope, use_rmsnorm=m.use_rmsnorm, wo_shift=m.wo_shift,
-        use_checkpoint=bool(m.use_checkpoint and training), **sizes)
+        use_checkpoint=bool(m.use_checkpoint and training), semantic_chans=m.semantic_chans,
+        semfirst_delta_t=m.semfirst_delta_t, use_repa=m.use_repa, repa_dino_version=m.repa_dino_version,
+        repa_depth=m.repa_feat_depth, **sizes)
     return select_kernels(model)

@@ -1,8 +1,9 @@
 """Loading and saving LightningDiT weights, strictly.
 
 Accepted files (docs/reference_behaviour.md §3.7 and 11.1):
-- `.pt` training checkpoints {"model", "ema", "opt", "config"}; `model` keys may carry a
-  `module.` prefix (the reference double-wraps DDP), `ema` keys are clean.
+- `.pt` training checkpoints {"model", "ema", "opt", "config"} (LightningDiT's and SFD's; `config`
+  may be an OmegaConf object); `model` keys may carry a `module.` prefix (the reference
+  double-wraps DDP), `ema` keys are clean.
 - `.pt` released inference files holding {"ema": ...} or a bare state dict.
 - `.safetensors` files holding a flat state dict.
 
@@ -55,6 +56,18 @@ def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.
     return cleaned
 
 
+def _omegaconf_globals() -> list:
+    """The classes of a pickled OmegaConf config. The authors' train.py (LightningDiT's and SFD's)
+    saves `config` as a DictConfig; these classes hold plain data, so allowing them keeps such
+    files loadable with weights_only=True."""
+    import typing
+    from collections import defaultdict
+
+    from omegaconf import DictConfig, ListConfig, base, nodes
+    return [DictConfig, ListConfig, base.ContainerMetadata, base.Metadata, nodes.AnyNode, nodes.StringNode,
+            nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode, typing.Any, dict, list, int, defaultdict]
+
+
 def _is_state_dict(obj) -> bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
@@ -66,8 +79,8 @@ def read_lightningdit_state_dict(path: PathLike, prefer_ema: bool = True,
     "ema", "model" or "state_dict" (a bare dict / safetensors file).
 
     prefer_ema picks `ema` over `model` when both exist; a file with only one of them uses it.
-    weights_only=True refuses pickled Python objects other than tensors and containers; pass
-    False only for files you trust (e.g. a training checkpoint whose `config` is an object)."""
+    weights_only=True refuses pickled Python objects other than tensors, containers and OmegaConf
+    configs; pass False only for files you trust."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LightningDiT checkpoint not found: {path} ({RELEASED_CHECKPOINTS_HINT})")
@@ -78,7 +91,8 @@ def read_lightningdit_state_dict(path: PathLike, prefer_ema: bool = True,
 
     require_torch_file(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+        with torch.serialization.safe_globals(_omegaconf_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as e:
         raise ValueError(
             f"{path}: cannot be read with weights_only=True ({str(e).splitlines()[0]}); "

@@ -1,5 +1,7 @@
 """LightningDiT: the class-conditional latent diffusion transformer of "Reconstruction vs.
-Generation" (hustvl/LightningDiT), in the layout of facebookresearch/DiT's models.py.
+Generation" (hustvl/LightningDiT), in the layout of facebookresearch/DiT's models.py, with the
+additions of SFD ("Semantic-First Diffusion", yuemingPAN/SFD models/lightningdit.py): two
+half-width time embedders for the texture and semantic channel groups, and a REPA projector.
 
 One plain formulation: the reference's formulas (docs/reference_behaviour.md §1); models/kernels.py
 swaps in CPU-kernel variants of some modules. State_dict keys, shapes and persistence are the
@@ -13,7 +15,7 @@ Quirks the published numbers depend on are kept as defaults (docs/reference_beha
 """
 import functools
 import math
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -21,6 +23,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Mlp, PatchEmbed
 from torch.utils.checkpoint import checkpoint
+
+# Width of the REPA target features per encoder name (SFD's table).
+REPA_FEATURE_DIMS: Dict[str, int] = {
+    "dinov2_vits14": 384, "dinov2_vits14_reg": 384, "dinov2_vitb14": 768, "dinov2_vitb14_reg": 768,
+    "dinov2_vitl14": 1024, "dinov2_vitl14_reg": 1024, "mae_base": 768, "mae_large": 1024,
+    "clip_vit_base_patch16": 768, "clip_vit_large_patch14": 1024, "siglip_base_patch16_224": 768,
+}
+
+Times = Union[torch.Tensor, Sequence[torch.Tensor]]
+
 
 def modulate(x: torch.Tensor, shift: Optional[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation x * (1 + scale) + shift; x (B, N, D), shift/scale (B, D); no shift: wo_shift."""
@@ -242,16 +254,28 @@ class LightningDiT(nn.Module):
 
     input_size is the latent side (image_size / VAE downsample, 16 for 256 px). The defaults are
     the reference's; the released model is LightningDiT-XL/1 with in_channels=32, input_size=16,
-    use_swiglu/use_rope/use_rmsnorm=True."""
+    use_swiglu/use_rope/use_rmsnorm=True.
+
+    SFD (its argument names): the last `semantic_chans` input channels are the semantic group;
+    with semfirst_delta_t > 0 as well, the time embedding is cat[t_embedder_sem(t_sem),
+    t_embedder_tex(t_tex)] (two embedders of width D/2) instead of t_embedder(t). use_repa adds
+    `repa_projector` on the output of block `repa_depth` (1-based), whose width is that of the
+    `repa_dino_version` features; in training mode forward then returns (output, projected tokens).
+    """
 
     def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 32, hidden_size: int = 1152,
                  depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0, class_dropout_prob: float = 0.1,
                  num_classes: int = 1000, learn_sigma: bool = False, use_qknorm: bool = False,
                  use_swiglu: bool = False, use_rope: bool = False, use_rmsnorm: bool = False,
-                 wo_shift: bool = False, use_checkpoint: bool = False):
+                 wo_shift: bool = False, use_checkpoint: bool = False,
+                 use_repa: bool = False, repa_dino_version: Optional[str] = None, repa_depth: Optional[int] = None,
+                 repa_projector_dim: int = 2048, semantic_chans: int = 0, semfirst_delta_t: float = 0.0):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
+        if not 0 <= semantic_chans < in_channels:
+            raise ValueError(f"semantic_chans (model.semantic_chans) must be in [0, {in_channels}), "
+                             f"got {semantic_chans}")
         self.learn_sigma = learn_sigma
         self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
@@ -259,9 +283,28 @@ class LightningDiT(nn.Module):
         self.num_heads = num_heads
         self.use_rope = use_rope
         self.use_checkpoint = use_checkpoint
+        self.semantic_chans = semantic_chans
+        self.semfirst_delta_t = semfirst_delta_t
+        self.use_semantic_first = semfirst_delta_t > 0 and semantic_chans > 0
+        self.use_repa = use_repa
+        self.repa_depth = repa_depth if use_repa else None
+        if self.use_semantic_first and hidden_size % 2:
+            raise ValueError(f"two half-width time embedders (model.semfirst_delta_t > 0) need an even "
+                             f"hidden_size, got {hidden_size}")
+        if use_repa:
+            if repa_dino_version not in REPA_FEATURE_DIMS:
+                raise ValueError(f"use_repa needs a known repa_dino_version (model.repa_dino_version), got "
+                                 f"{repa_dino_version!r}; expected one of {sorted(REPA_FEATURE_DIMS)}")
+            if repa_depth is None or not 1 <= repa_depth <= depth:
+                raise ValueError(f"use_repa needs repa_depth (model.repa_feat_depth) in [1, {depth}] "
+                                 f"(the model's blocks), got {repa_depth!r}")
 
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size, bias=True)
-        self.t_embedder = TimestepEmbedder(hidden_size)
+        if self.use_semantic_first:
+            self.t_embedder_sem = TimestepEmbedder(hidden_size // 2)
+            self.t_embedder_tex = TimestepEmbedder(hidden_size // 2)
+        else:
+            self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         num_patches = self.x_embedder.num_patches
         # Frozen sin-cos table, but a Parameter: it is in the state_dict, parameters() and EMA.
@@ -279,10 +322,16 @@ class LightningDiT(nn.Module):
             for _ in range(depth)
         ])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, use_rmsnorm=use_rmsnorm)
+        if use_repa:  # token-wise MLP, created last as SFD does (so seeded inits match its)
+            width = repa_projector_dim
+            self.repa_projector = nn.Sequential(nn.Linear(hidden_size, width), nn.SiLU(), nn.Linear(width, width),
+                                                nn.SiLU(), nn.Linear(width, REPA_FEATURE_DIMS[repa_dino_version]))
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """docs/reference_behaviour.md §1.4, in its order; the model outputs exactly 0 afterwards."""
+        """docs/reference_behaviour.md §1.4, in its order (SFD's parts as SFD initialises them: the
+        REPA projector by the xavier pass, each time embedder like the one it replaces); the model
+        outputs exactly 0 afterwards."""
         def _basic_init(module):
             if isinstance(module, nn.Linear):
                 torch.nn.init.xavier_uniform_(module.weight)
@@ -299,8 +348,10 @@ class LightningDiT(nn.Module):
         nn.init.constant_(self.x_embedder.proj.bias, 0)
 
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        t_embedders = (self.t_embedder_sem, self.t_embedder_tex) if self.use_semantic_first else (self.t_embedder,)
+        for embedder in t_embedders:
+            nn.init.normal_(embedder.mlp[0].weight, std=0.02)
+            nn.init.normal_(embedder.mlp[2].weight, std=0.02)
 
         for block in self.blocks:
             nn.init.constant_(block.adaLN_modulation[-1].weight, 0)
@@ -310,6 +361,22 @@ class LightningDiT(nn.Module):
         nn.init.constant_(self.final_layer.linear.weight, 0)
         nn.init.constant_(self.final_layer.linear.bias, 0)
 
+    def embed_time(self, t: Times) -> torch.Tensor:
+        """Time conditioning (B, D). t: (B,) one time for every channel, SFD's tuple (t_tex, t_sem),
+        or a (B, 2) tensor [t_tex, t_sem] (channel-group order). A model with one embedder takes
+        a tuple only when every entry is the same tensor (one time for all groups)."""
+        if isinstance(t, torch.Tensor) and t.dim() == 2:
+            t = tuple(t.unbind(1))
+        if not self.use_semantic_first:
+            if isinstance(t, torch.Tensor):
+                return self.t_embedder(t)
+            if any(ti is not t[0] for ti in t):
+                raise ValueError("this LightningDiT has one time embedder (semfirst_delta_t = 0) but "
+                                 f"was given {len(t)} different group times")
+            return self.t_embedder(t[0])
+        t_tex, t_sem = (t, t) if isinstance(t, torch.Tensor) else t
+        return torch.cat([self.t_embedder_sem(t_sem), self.t_embedder_tex(t_tex)], dim=1)
+
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, p*p*C) with per-token order (p_row, p_col, channel) -> (B, C, H, W)."""
         c, p = self.out_channels, self.patch_size
@@ -318,26 +385,31 @@ class LightningDiT(nn.Module):
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], c, h * p, w * p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
-                return_sigma: bool = False) -> torch.Tensor:
-        """x (B, C, H, W) latents, t (B,) in [0, 1] (0 = noise, 1 = data), y (B,) int64 labels
-        (num_classes = null class) -> (B, in_channels, H, W) velocity (sigma half dropped).
-        return_sigma (ours, for the DDPM objective of transport/ddpm.py): with learn_sigma keep
-        the second half, giving (B, 2 * in_channels, H, W); t is then the integer DDPM step."""
+    def forward(self, x: torch.Tensor, t: Times, y: torch.Tensor,
+                return_sigma: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """x (B, C, H, W) latents, t in [0, 1] (0 = noise, 1 = data; forms as in embed_time),
+        y (B,) int64 labels (num_classes = null class) -> (B, in_channels, H, W) velocity (sigma
+        half dropped). With use_repa in training mode, SFD's pair (velocity, projected hidden
+        states (B, N, repa width)). return_sigma (ours, for the DDPM objective of
+        transport/ddpm.py): with learn_sigma keep the second half, giving (B, 2 * in_channels,
+        H, W); t is then the integer DDPM step."""
         # (B, N, D); fp32 pos_embed promotes under autocast. PatchEmbed returns a transposed view;
         # a contiguous residual stream saves a re-layout copy in every Linear (same values).
         x = self.x_embedder(x).contiguous() + self.pos_embed
-        c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (B, D)
-        for block in self.blocks:
+        c = self.embed_time(t) + self.y_embedder(y, self.training)  # (B, D)
+        repa_depth = self.repa_depth if self.training else None  # SFD returns the features in training only
+        for depth, block in enumerate(self.blocks, start=1):
             if self.use_checkpoint and torch.is_grad_enabled():
                 x = checkpoint(block, x, c, self.feat_rope, use_reentrant=True)
             else:
                 x = block(x, c, self.feat_rope)
+            if depth == repa_depth:
+                repa_features = self.repa_projector(x)  # (B, N, repa width)
         x = self.final_layer(x, c)  # (B, N, p*p*C_out)
         x = self.unpatchify(x)  # (B, C_out, H, W)
         if self.learn_sigma and not return_sigma:
             x, _ = x.chunk(2, dim=1)
-        return x
+        return x if repa_depth is None else (x, repa_features)
 
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale,
                          cfg_interval: bool = False, cfg_interval_start: float = 0.0,
@@ -404,12 +476,13 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
 #                            LightningDiT Configs                               #
 #################################################################################
 
-# name -> (depth, hidden_size, patch_size, num_heads)
+# name -> (depth, hidden_size, patch_size, num_heads); S/1, S/2 and L/1 are SFD's additions.
 LightningDiT_sizes: Dict[str, Dict[str, int]] = {
     f"LightningDiT-{name}": dict(depth=depth, hidden_size=hidden, patch_size=patch, num_heads=heads)
     for name, (depth, hidden, patch, heads) in {
+        "S/1": (12, 384, 1, 6), "S/2": (12, 384, 2, 6),
         "B/1": (12, 768, 1, 12), "B/2": (12, 768, 2, 12),
-        "L/2": (24, 1024, 2, 16),
+        "L/1": (24, 1024, 1, 16), "L/2": (24, 1024, 2, 16),
         "XL/1": (28, 1152, 1, 16), "XL/2": (28, 1152, 2, 16),
         "1p0B/1": (24, 1536, 1, 24), "1p0B/2": (24, 1536, 2, 24),
         "1p6B/1": (28, 1792, 1, 28), "1p6B/2": (28, 1792, 2, 28),
