@@ -45,9 +45,9 @@ from configs.schema import to_container
 from datasets.img_latent_dataset import ImgLatentDataset, load_latent_stats
 from datasets.order import STREAM_VALID, GlobalBatchSampler, SeededItems, step_noise
 from models.build import build_model, should_compile
-from models.kernels import select_kernels
 from models.checkpoint import warm_start
 from models.ema import update_ema
+from models.kernels import select_kernels
 from training.checkpoints import checkpoint_path, load_latest, read_checkpoint, save_checkpoint
 from training.faults import inject_fault
 from training.metrics import MetricsSink
