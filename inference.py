@@ -41,6 +41,7 @@ from PIL import Image
 from configs.schema import SampleConfig, TrainConfig, TransportConfig, parse_cli
 from datasets.order import STREAM_DEMO, STREAM_SDE, sample_labels, sample_noise, work_plan
 from models.build import build_model, latent_size, should_compile
+from models.kernels import select_kernels
 from sampling import Decoder, LatentSampler
 from sampling.inputs import check_sampling_inputs
 from training.rundir import RunLock, decide_on_main, move_aside, release_run_dir, timestamp
@@ -190,7 +191,7 @@ def load_model(cfg, device: torch.device) -> torch.nn.Module:
     model = model.to(device).eval()
     if should_compile(cfg, device):  # model.compile: auto compiles on CUDA (as the reference)
         model.compile_blocks()
-    return model
+    return select_kernels(model)  # CPU kernels only for an eager model on the CPU
 
 
 def input_digests(model: torch.nn.Module, decoder) -> dict:

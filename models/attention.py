@@ -1,9 +1,10 @@
 """Scaled dot-product attention with a fast, flash-accurate bf16 path on CPU.
 
-GPUs use F.scaled_dot_product_attention (flash / memory-efficient kernels; the kernel path is
-chosen in models/kernels.py). On CPU, torch's bf16 flash kernel is slow (its backward
-especially), and the obvious replacement, bf16 matmuls plus a softmax, rounds every attention logit to bf16: with logits of a few units that is an absolute
-error of ~1e-2 in the exponent, and the output error grows with the logit scale.
+GPUs use F.scaled_dot_product_attention (flash / memory-efficient kernels; models/kernels.py
+decides which modules run which kernels). On CPU, torch's bf16 flash kernel is slow (its
+backward especially), and the obvious replacement, bf16 matmuls plus a softmax, rounds every
+attention logit to bf16: with logits of a few units that is an absolute error of ~1e-2 in the
+exponent, and the output error grows with the logit scale.
 
 `ShiftedBF16Attention` keeps the speed of bf16 matmuls and the accuracy of flash attention, which
 accumulates logits in float32. Softmax is invariant to a per-row shift, and only logits near the
@@ -24,12 +25,10 @@ shifted operands, which saves the float32 intermediates, the casts and the conca
 """
 import functools
 import math
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-
-from models.kernels import use_cpu_kernels
 
 
 class ShiftedBF16Attention(torch.autograd.Function):
@@ -111,22 +110,18 @@ def _compute_dtype(device_type: str, *dtypes: torch.dtype) -> torch.dtype:
     return functools.reduce(torch.promote_types, dtypes)
 
 
-def scaled_dot_product_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                                 rope: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> torch.Tensor:
-    """F.scaled_dot_product_attention(rope(q), rope(k), v) (default scale, no mask, no dropout).
+def cpu_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  rotation: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """F.scaled_dot_product_attention(rope(q), rope(k), v) (default scale, no mask, no dropout),
+    rope(x) = rotate_pairs(x, rotation) when a RoPE table is given.
 
-    rope: optional RoPE module (models.lightningdit.VisionRotaryEmbedding). For bf16 on the CPU
-    kernel path (models/kernels.py) this routes to ShiftedBF16Attention, with the rotation fused in where rope.rotation(q) gives a
-    complex table; every other case applies rope and calls torch's kernel."""
-    rotation = None
-    if rope is not None:
-        rotation = rope.rotation(q)
-        if rotation is None:
-            q, k = rope(q), rope(k)
+    Where SDPA would compute in bf16 on the CPU in eager mode this is ShiftedBF16Attention, with
+    the rotation fused in; everywhere else (other dtypes, other devices, torch.compile) torch's
+    kernel."""
     qk_dtype = rotation.real.dtype if rotation is not None else None
-    dtype = _compute_dtype(q.device.type, qk_dtype or q.dtype, qk_dtype or k.dtype, v.dtype)
-    if dtype != torch.bfloat16 or not use_cpu_kernels(q):
-        if rotation is not None:  # rope(q), rope(k), reusing the table
+    if (q.device.type != "cpu" or torch.compiler.is_compiling()
+            or _compute_dtype("cpu", qk_dtype or q.dtype, qk_dtype or k.dtype, v.dtype) != torch.bfloat16):
+        if rotation is not None:
             q, k = rotate_pairs(q, rotation), rotate_pairs(k, rotation)
         return F.scaled_dot_product_attention(q, k, v)
     with torch.autocast("cpu", enabled=False):

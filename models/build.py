@@ -1,5 +1,6 @@
 """LightningDiT from the config: the registry entry named by `model.model_type`, the latent grid
-implied by `data.image_size` and `vae.downsample_ratio`, optional size overrides for tiny models.
+implied by `data.image_size` and `vae.downsample_ratio`, optional size overrides for tiny models,
+SFD's parts when its keys ask for them.
 
 Used by training, sampling and the benchmarks so that every script builds the same network from
 the same keys (the reference copied the constructor call into each script with different kwargs).
@@ -9,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from models.lightningdit import LightningDiT, LightningDiT_models
+from models.kernels import select_kernels
+from models.lightningdit import LightningDiT, LightningDiT_sizes
 
 SIZE_KEYS = ("hidden_size", "depth", "num_heads", "patch_size")
 
@@ -35,27 +37,27 @@ def should_compile(cfg, device) -> bool:
 
 
 def build_model(cfg, training: bool = True) -> nn.Module:
-    """LightningDiT from `cfg.model` (registry `model_type`, optional size overrides).
+    """LightningDiT from `cfg.model` (registry `model_type`, optional size overrides), with the
+    kernels of the CPU it is built on (models/kernels.py; call `select_kernels` again after
+    moving or compiling it).
 
     As the reference: in_channels = model.in_chans, input_size = latent_size(cfg). Gradient
     checkpointing (`model.use_checkpoint`) only when training. `model.hidden_size/depth/
     num_heads/patch_size`, when set, replace the registry entry's values (tiny CPU models).
+    SFD's keys: model.semantic_chans, semfirst_delta_t, use_repa, repa_dino_version and
+    repa_feat_depth (the constructor's repa_depth); a bad combination is a ValueError naming them.
     """
     m = cfg.model
-    if m.model_type not in LightningDiT_models:
+    if m.model_type not in LightningDiT_sizes:
         raise ValueError(f"unknown model.model_type {m.model_type!r}; expected one of "
-                         f"{sorted(LightningDiT_models)}")
-    kwargs = dict(input_size=latent_size(cfg), in_channels=m.in_chans, num_classes=cfg.data.num_classes,
-                  class_dropout_prob=m.class_dropout_prob, learn_sigma=m.learn_sigma,
-                  use_qknorm=m.use_qknorm, use_swiglu=m.use_swiglu, use_rope=m.use_rope,
-                  use_rmsnorm=m.use_rmsnorm, wo_shift=m.wo_shift,
-                  use_checkpoint=bool(m.use_checkpoint and training))
-    overrides = {k: getattr(m, k) for k in SIZE_KEYS if getattr(m, k) is not None}
-    if not overrides:
-        return LightningDiT_models[m.model_type](**kwargs)
-    with torch.device("meta"):  # read the registry sizes without allocating weights
-        ref = LightningDiT_models[m.model_type](**{**kwargs, "input_size": 16 * 4})
-    sizes = dict(hidden_size=ref.pos_embed.shape[-1], depth=len(ref.blocks),
-                 num_heads=ref.num_heads, patch_size=ref.patch_size)
-    sizes.update(overrides)
-    return LightningDiT(**kwargs, **sizes)
+                         f"{sorted(LightningDiT_sizes)}")
+    sizes = dict(LightningDiT_sizes[m.model_type])
+    sizes.update({k: getattr(m, k) for k in SIZE_KEYS if getattr(m, k) is not None})
+    model = LightningDiT(
+        input_size=latent_size(cfg), in_channels=m.in_chans, num_classes=cfg.data.num_classes,
+        class_dropout_prob=m.class_dropout_prob, learn_sigma=m.learn_sigma, use_qknorm=m.use_qknorm,
+        use_swiglu=m.use_swiglu, use_rope=m.use_rope, use_rmsnorm=m.use_rmsnorm, wo_shift=m.wo_shift,
+        use_checkpoint=bool(m.use_checkpoint and training), semantic_chans=m.semantic_chans,
+        semfirst_delta_t=m.semfirst_delta_t, use_repa=m.use_repa, repa_dino_version=m.repa_dino_version,
+        repa_depth=m.repa_feat_depth, **sizes)
+    return select_kernels(model)

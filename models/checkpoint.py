@@ -1,8 +1,9 @@
 """Loading and saving LightningDiT weights, strictly.
 
 Accepted files (docs/reference_behaviour.md §3.7 and 11.1):
-- `.pt` training checkpoints {"model", "ema", "opt", "config"}; `model` keys may carry a
-  `module.` prefix (the reference double-wraps DDP), `ema` keys are clean.
+- `.pt` training checkpoints {"model", "ema", "opt", "config"} (LightningDiT's and SFD's; `config`
+  may be an OmegaConf object); `model` keys may carry a `module.` prefix (the reference
+  double-wraps DDP), `ema` keys are clean.
 - `.pt` released inference files holding {"ema": ...} or a bare state dict.
 - `.safetensors` files holding a flat state dict.
 
@@ -19,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from utils.fileio import require_torch_file
+from utils.state_dict import load_strict
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,18 @@ def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.
     return cleaned
 
 
+def _omegaconf_globals() -> list:
+    """The classes of a pickled OmegaConf config. The authors' train.py (LightningDiT's and SFD's)
+    saves `config` as a DictConfig; these classes hold plain data, so allowing them keeps such
+    files loadable with weights_only=True."""
+    import typing
+    from collections import defaultdict
+
+    from omegaconf import DictConfig, ListConfig, base, nodes
+    return [DictConfig, ListConfig, base.ContainerMetadata, base.Metadata, nodes.AnyNode, nodes.StringNode,
+            nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode, typing.Any, dict, list, int, defaultdict]
+
+
 def _is_state_dict(obj) -> bool:
     return isinstance(obj, Mapping) and len(obj) > 0 and all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
@@ -65,8 +79,8 @@ def read_lightningdit_state_dict(path: PathLike, prefer_ema: bool = True,
     "ema", "model" or "state_dict" (a bare dict / safetensors file).
 
     prefer_ema picks `ema` over `model` when both exist; a file with only one of them uses it.
-    weights_only=True refuses pickled Python objects other than tensors and containers; pass
-    False only for files you trust (e.g. a training checkpoint whose `config` is an object)."""
+    weights_only=True refuses pickled Python objects other than tensors, containers and OmegaConf
+    configs; pass False only for files you trust."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LightningDiT checkpoint not found: {path} ({RELEASED_CHECKPOINTS_HINT})")
@@ -77,7 +91,8 @@ def read_lightningdit_state_dict(path: PathLike, prefer_ema: bool = True,
 
     require_torch_file(path)
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=weights_only)
+        with torch.serialization.safe_globals(_omegaconf_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as e:
         raise ValueError(
             f"{path}: cannot be read with weights_only=True ({str(e).splitlines()[0]}); "
@@ -101,25 +116,6 @@ def read_lightningdit_state_dict(path: PathLike, prefer_ema: bool = True,
                      f"(top-level keys: {sorted(map(str, obj))})")
 
 
-def check_state_dict_compatible(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                                name: str = "state dict") -> None:
-    """Raise ValueError naming every missing, unexpected or wrongly shaped key."""
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in expected if k in state_dict and state_dict[k].shape != expected[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
-    if mismatched:
-        problems.append(f"shape mismatches {mismatched}")
-    if problems:
-        raise ValueError(f"{name} does not match the model: " + "; ".join(problems))
-
-
 def load_lightningdit_checkpoint(path: PathLike, model: Optional[nn.Module] = None, prefer_ema: bool = True,
                                  weights_only: bool = True) -> Union[nn.Module, Dict[str, torch.Tensor]]:
     """Load LightningDiT weights from `path` (.pt or .safetensors), strictly.
@@ -130,8 +126,7 @@ def load_lightningdit_checkpoint(path: PathLike, model: Optional[nn.Module] = No
     state_dict, source = read_lightningdit_state_dict(path, prefer_ema=prefer_ema, weights_only=weights_only)
     if model is None:
         return state_dict
-    check_state_dict_compatible(model, state_dict, name=f"{path} [{source}]")
-    model.load_state_dict(state_dict, strict=True)
+    load_strict(model, state_dict, f"{path} [{source}]")
     logger.info("loaded %s weights from %s (%d tensors)", source, path, len(state_dict))
     return model
 

@@ -1,16 +1,11 @@
 """LightningDiT: the class-conditional latent diffusion transformer of "Reconstruction vs.
-Generation" (hustvl/LightningDiT), in the layout of facebookresearch/DiT's models.py.
+Generation" (hustvl/LightningDiT), in the layout of facebookresearch/DiT's models.py, with the
+additions of SFD ("Semantic-First Diffusion", yuemingPAN/SFD models/lightningdit.py): two
+half-width time embedders for the texture and semantic channel groups, and a REPA projector.
 
-Behaviour follows the reference implementation (spec: docs/reference_behaviour.md §1 and 11.1):
-state_dict keys, shapes and persistence are identical for every flag combination, so released
-checkpoints load with strict=True and ours load in theirs. The block is written for speed.
-Which kernels run is decided in one place, models/kernels.py: on CUDA (and under torch.compile)
-the plain formulas with torch's SDPA; on CPU in eager mode hand-written kernels (in bf16 the
-flash-accurate attention of models/attention.py with RoPE fused in; RMSNorm -> modulate and the
-SwiGLU gate as autograd Functions with fused backward passes, models/fused_ops.py; RoPE as one
-complex multiply on precomputed tables). Both avoid einops re-layouts and give the
-reference's numbers: the same dtype at every rounding point under bf16 autocast, and float32 results equal to
-float rounding (most paths are bit-identical).
+One plain formulation: the reference's formulas (docs/reference_behaviour.md §1); models/kernels.py
+swaps in CPU-kernel variants of some modules. State_dict keys, shapes and persistence are the
+reference's for every flag combination, so released checkpoints load with strict=True.
 
 Quirks the published numbers depend on are kept as defaults (docs/reference_behaviour.md §9.1):
 - t in [0, 1] enters the sinusoidal embedder as is (no x1000), cos half first.
@@ -18,9 +13,9 @@ Quirks the published numbers depend on are kept as defaults (docs/reference_beha
 - RoPE buffers are persistent and cover the full head dim with interleaved pairs.
 - forward_with_cfg guides only the first 3 channels (cfg_channels=3); cfg_channels=None is the fix.
 """
-import logging
+import functools
 import math
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -29,31 +24,21 @@ import torch.nn.functional as F
 from timm.layers import Mlp, PatchEmbed
 from torch.utils.checkpoint import checkpoint
 
-from models.attention import rotate_pairs, scaled_dot_product_attention
-from models.fused_ops import rms_norm_modulate, silu_gate
-from models.kernels import use_cpu_kernels
+# Width of the REPA target features per encoder name (SFD's table).
+REPA_FEATURE_DIMS: Dict[str, int] = {
+    "dinov2_vits14": 384, "dinov2_vits14_reg": 384, "dinov2_vitb14": 768, "dinov2_vitb14_reg": 768,
+    "dinov2_vitl14": 1024, "dinov2_vitl14_reg": 1024, "mae_base": 768, "mae_large": 1024,
+    "clip_vit_base_patch16": 768, "clip_vit_large_patch14": 1024, "siglip_base_patch16_224": 768,
+}
 
-logger = logging.getLogger(__name__)
-
-_LOW_PRECISION = (torch.bfloat16, torch.float16)
+Times = Union[torch.Tensor, Sequence[torch.Tensor]]
 
 
 def modulate(x: torch.Tensor, shift: Optional[torch.Tensor], scale: torch.Tensor) -> torch.Tensor:
-    """adaLN modulation x * (1 + scale) + shift; x (B, N, D), shift/scale (B, D)."""
-    x = x * (1 + scale.unsqueeze(1))
-    if shift is None:  # wo_shift variant
-        return x
-    return x + shift.unsqueeze(1)
-
-
-def gated_residual(x: torch.Tensor, gate: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x + gate[:, None] * y. addcmul saves a pass, but it skips the rounding of the product to
-    the product's dtype, so it is used only when all three dtypes agree (then it is exact
-    to float rounding); under bf16 autocast the reference's bf16 product is kept."""
-    gate = gate.unsqueeze(1)
-    if x.dtype == gate.dtype == y.dtype:
-        return torch.addcmul(x, gate, y)
-    return x + gate * y
+    """adaLN modulation x * (1 + scale) + shift; x (B, N, D), shift/scale (B, D); no shift: wo_shift."""
+    if shift is None:
+        return x * (1 + scale.unsqueeze(1))
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
 
 
 #################################################################################
@@ -65,11 +50,8 @@ class TimestepEmbedder(nn.Module):
 
     def __init__(self, hidden_size: int, frequency_embedding_size: int = 256):
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(frequency_embedding_size, hidden_size, bias=True),
-            nn.SiLU(),
-            nn.Linear(hidden_size, hidden_size, bias=True),
-        )
+        self.mlp = nn.Sequential(nn.Linear(frequency_embedding_size, hidden_size, bias=True), nn.SiLU(),
+                                 nn.Linear(hidden_size, hidden_size, bias=True))
         self.frequency_embedding_size = frequency_embedding_size
 
     @staticmethod
@@ -120,11 +102,7 @@ class LabelEmbedder(nn.Module):
 #################################################################################
 
 class RMSNorm(nn.Module):
-    """y = (x_f32 * rsqrt(mean(x_f32^2) + eps)).to(x.dtype) * weight (docs/reference_behaviour.md §1.8).
-
-    F.rms_norm gives the same numbers: bit-identical for float32 x and weight, and for bf16/fp16
-    x the weight-free kernel computes in float32 and rounds to x.dtype before the weight multiply,
-    exactly where the reference rounds. Other dtype pairs use the written-out formula."""
+    """y = (x_f32 * rsqrt(mean(x_f32^2) + eps)).to(x.dtype) * weight (docs/reference_behaviour.md §1.8)."""
 
     def __init__(self, dim: int, eps: float = 1e-6):
         super().__init__()
@@ -132,12 +110,6 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = (x.shape[-1],)
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.rms_norm(x, shape, self.weight, self.eps)
-        if x.dtype in _LOW_PRECISION:
-            # .to(x.dtype) is a no-op unless an autocast policy upcast the kernel's output.
-            return F.rms_norm(x, shape, None, self.eps).to(x.dtype) * self.weight
         xf = x.float()
         return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).type_as(x) * self.weight
 
@@ -152,20 +124,8 @@ class SwiGLUFFN(nn.Module):
         self.w3 = nn.Linear(hidden_features, in_features, bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.w12(x)  # [gate; value]
-        if not use_cpu_kernels(h):  # CUDA, or compiled: plain ops (inductor fuses them)
-            gate, value = h.chunk(2, dim=-1)
-            return self.w3(F.silu(gate) * value)
-        return self.w3(silu_gate(h))
-
-
-def norm_modulate(norm: nn.Module, x: torch.Tensor, shift: Optional[torch.Tensor],
-                  scale: torch.Tensor) -> torch.Tensor:
-    """modulate(norm(x), shift, scale), through the fused CPU RMSNorm kernel where it applies."""
-    if (isinstance(norm, RMSNorm) and x.dtype == norm.weight.dtype == torch.float32
-            and use_cpu_kernels(x)):
-        return rms_norm_modulate(x, norm.weight, norm.eps, shift, scale)
-    return modulate(norm(x), shift, scale)
+        gate, value = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(gate) * value)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -179,12 +139,7 @@ class VisionRotaryEmbedding(nn.Module):
 
     freqs_cos / freqs_sin (N, head_dim) are persistent buffers (they are in released
     checkpoints). Dims [0, head_dim/2) rotate with the row (h) index, the rest with the column
-    (w) index; each frequency fills an adjacent pair of dims. rope(x) = x*cos + rotate_half(x)*sin.
-
-    Because cos/sin are equal within each pair, that is the complex product of the pairs
-    (x_2i + i x_2i+1) with exp(i angle_i): one pass, no stack, same float32 roundings.
-    The complex table is rebuilt from the buffers on every call (tiny), so loaded values are
-    always used; a state dict whose tables lack the pair structure falls back to the formula."""
+    (w) index; each frequency fills an adjacent pair of dims."""
 
     def __init__(self, dim: int, pt_seq_len: int, theta: float = 10000.0):
         super().__init__()
@@ -198,38 +153,10 @@ class VisionRotaryEmbedding(nn.Module):
         grid = grid.reshape(pt_seq_len * pt_seq_len, 2 * dim)  # token n = h * G + w
         self.register_buffer("freqs_cos", grid.cos())
         self.register_buffer("freqs_sin", grid.sin())
-        self._paired = True
-        self.register_load_state_dict_post_hook(VisionRotaryEmbedding._check_pairs)
-
-    @staticmethod
-    def _check_pairs(module: "VisionRotaryEmbedding", incompatible_keys) -> None:
-        c, s = module.freqs_cos, module.freqs_sin
-        if c.is_meta or s.is_meta:
-            return
-        module._paired = bool(torch.equal(c[:, 0::2], c[:, 1::2]) and torch.equal(s[:, 0::2], s[:, 1::2]))
-        if not module._paired:
-            logger.warning("RoPE tables are not pair-interleaved; using the unfused RoPE formula")
-
-    def rotation(self, x: torch.Tensor) -> Optional[torch.Tensor]:
-        """The (N, head_dim/2) complex table with rope(x) = x (x) table over interleaved pairs, in
-        the dtype the reference formula computes x in (float32/float64); None where that product
-        does not apply (tables without the pair structure, half-precision tables, odd head_dim,
-        the plain kernel path of models/kernels.py (CUDA), or under torch.compile, which has no
-        complex codegen and fuses the formula instead)."""
-        cos, sin = self.freqs_cos, self.freqs_sin
-        if not self._paired or x.shape[-1] % 2 or not use_cpu_kernels(x):
-            return None
-        dtype = torch.result_type(x, cos)
-        if dtype not in (torch.float32, torch.float64):
-            return None
-        return torch.complex(cos[:, 0::2].to(dtype), sin[:, 0::2].to(dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x (B, heads, N, head_dim) -> same shape, dtype promoted with the tables' (as the reference)."""
-        rot = self.rotation(x)
-        if rot is None:
-            return x * self.freqs_cos + rotate_half(x) * self.freqs_sin
-        return rotate_pairs(x, rot)
+        return x * self.freqs_cos + rotate_half(x) * self.freqs_sin
 
 
 #################################################################################
@@ -237,9 +164,8 @@ class VisionRotaryEmbedding(nn.Module):
 #################################################################################
 
 class Attention(nn.Module):
-    """Multi-head self-attention: fused qkv, optional per-head qk-norm, then RoPE on q and k,
-    then scaled dot-product attention (scale 1/sqrt(head_dim), no mask): torch's SDPA kernels,
-    or on CPU in bf16 the flash-accurate kernel of models/attention.py, with RoPE fused in."""
+    """Multi-head self-attention: fused qkv, optional per-head qk-norm, RoPE on q and k, then
+    scaled dot-product attention (scale 1/sqrt(head_dim), no mask; attn_drop is 0 in the reference)."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True, qk_norm: bool = False,
                  norm_layer: Callable[..., nn.Module] = nn.LayerNorm):
@@ -258,7 +184,9 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, h, N, d_h) each
         q, k = self.q_norm(q), self.k_norm(k)
-        x = scaled_dot_product_attention(q, k, v, rope=rope)  # RoPE on q and k; attn_drop is 0 in the reference
+        if rope is not None:
+            q, k = rope(q), rope(k)
+        x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, D))
 
 
@@ -287,16 +215,20 @@ class LightningDiTBlock(nn.Module):
         n_mod = 4 if wo_shift else 6
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, n_mod * hidden_size, bias=True))
 
+    def modulation(self, c: torch.Tensor) -> Tuple[Optional[torch.Tensor], ...]:
+        """(shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp), each (B, D); the
+        shifts are None with wo_shift."""
+        if self.wo_shift:
+            scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(4, dim=1)
+            return None, scale_msa, gate_msa, None, scale_mlp, gate_mlp
+        return self.adaLN_modulation(c).chunk(6, dim=1)
+
     def forward(self, x: torch.Tensor, c: torch.Tensor,
                 feat_rope: Optional[VisionRotaryEmbedding] = None) -> torch.Tensor:
         """x (B, N, D), c (B, D) -> (B, N, D)."""
-        if self.wo_shift:
-            scale_msa, gate_msa, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(4, dim=1)
-            shift_msa = shift_mlp = None
-        else:
-            shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        x = gated_residual(x, gate_msa, self.attn(norm_modulate(self.norm1, x, shift_msa, scale_msa), rope=feat_rope))
-        x = gated_residual(x, gate_mlp, self.mlp(norm_modulate(self.norm2, x, shift_mlp, scale_mlp)))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), rope=feat_rope)
+        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
         return x
 
 
@@ -314,7 +246,7 @@ class FinalLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
-        return self.linear(norm_modulate(self.norm_final, x, shift, scale))
+        return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
 class LightningDiT(nn.Module):
@@ -322,30 +254,28 @@ class LightningDiT(nn.Module):
 
     input_size is the latent side (image_size / VAE downsample, 16 for 256 px). The defaults are
     the reference's; the released model is LightningDiT-XL/1 with in_channels=32, input_size=16,
-    use_swiglu/use_rope/use_rmsnorm=True."""
+    use_swiglu/use_rope/use_rmsnorm=True.
 
-    def __init__(
-        self,
-        input_size: int = 32,
-        patch_size: int = 2,
-        in_channels: int = 32,
-        hidden_size: int = 1152,
-        depth: int = 28,
-        num_heads: int = 16,
-        mlp_ratio: float = 4.0,
-        class_dropout_prob: float = 0.1,
-        num_classes: int = 1000,
-        learn_sigma: bool = False,
-        use_qknorm: bool = False,
-        use_swiglu: bool = False,
-        use_rope: bool = False,
-        use_rmsnorm: bool = False,
-        wo_shift: bool = False,
-        use_checkpoint: bool = False,
-    ):
+    SFD (its argument names): the last `semantic_chans` input channels are the semantic group;
+    with semfirst_delta_t > 0 as well, the time embedding is cat[t_embedder_sem(t_sem),
+    t_embedder_tex(t_tex)] (two embedders of width D/2) instead of t_embedder(t). use_repa adds
+    `repa_projector` on the output of block `repa_depth` (1-based), whose width is that of the
+    `repa_dino_version` features; in training mode forward then returns (output, projected tokens).
+    """
+
+    def __init__(self, input_size: int = 32, patch_size: int = 2, in_channels: int = 32, hidden_size: int = 1152,
+                 depth: int = 28, num_heads: int = 16, mlp_ratio: float = 4.0, class_dropout_prob: float = 0.1,
+                 num_classes: int = 1000, learn_sigma: bool = False, use_qknorm: bool = False,
+                 use_swiglu: bool = False, use_rope: bool = False, use_rmsnorm: bool = False,
+                 wo_shift: bool = False, use_checkpoint: bool = False,
+                 use_repa: bool = False, repa_dino_version: Optional[str] = None, repa_depth: Optional[int] = None,
+                 repa_projector_dim: int = 2048, semantic_chans: int = 0, semfirst_delta_t: float = 0.0):
         super().__init__()
         if input_size % patch_size:
             raise ValueError(f"input_size {input_size} is not divisible by patch_size {patch_size}")
+        if not 0 <= semantic_chans < in_channels:
+            raise ValueError(f"semantic_chans (model.semantic_chans) must be in [0, {in_channels}), "
+                             f"got {semantic_chans}")
         self.learn_sigma = learn_sigma
         self.in_channels = in_channels
         self.out_channels = in_channels * 2 if learn_sigma else in_channels
@@ -353,9 +283,28 @@ class LightningDiT(nn.Module):
         self.num_heads = num_heads
         self.use_rope = use_rope
         self.use_checkpoint = use_checkpoint
+        self.semantic_chans = semantic_chans
+        self.semfirst_delta_t = semfirst_delta_t
+        self.use_semantic_first = semfirst_delta_t > 0 and semantic_chans > 0
+        self.use_repa = use_repa
+        self.repa_depth = repa_depth if use_repa else None
+        if self.use_semantic_first and hidden_size % 2:
+            raise ValueError(f"two half-width time embedders (model.semfirst_delta_t > 0) need an even "
+                             f"hidden_size, got {hidden_size}")
+        if use_repa:
+            if repa_dino_version not in REPA_FEATURE_DIMS:
+                raise ValueError(f"use_repa needs a known repa_dino_version (model.repa_dino_version), got "
+                                 f"{repa_dino_version!r}; expected one of {sorted(REPA_FEATURE_DIMS)}")
+            if repa_depth is None or not 1 <= repa_depth <= depth:
+                raise ValueError(f"use_repa needs repa_depth (model.repa_feat_depth) in [1, {depth}] "
+                                 f"(the model's blocks), got {repa_depth!r}")
 
         self.x_embedder = PatchEmbed(input_size, patch_size, in_channels, hidden_size, bias=True)
-        self.t_embedder = TimestepEmbedder(hidden_size)
+        if self.use_semantic_first:
+            self.t_embedder_sem = TimestepEmbedder(hidden_size // 2)
+            self.t_embedder_tex = TimestepEmbedder(hidden_size // 2)
+        else:
+            self.t_embedder = TimestepEmbedder(hidden_size)
         self.y_embedder = LabelEmbedder(num_classes, hidden_size, class_dropout_prob)
         num_patches = self.x_embedder.num_patches
         # Frozen sin-cos table, but a Parameter: it is in the state_dict, parameters() and EMA.
@@ -373,10 +322,16 @@ class LightningDiT(nn.Module):
             for _ in range(depth)
         ])
         self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels, use_rmsnorm=use_rmsnorm)
+        if use_repa:  # token-wise MLP, created last as SFD does (so seeded inits match its)
+            width = repa_projector_dim
+            self.repa_projector = nn.Sequential(nn.Linear(hidden_size, width), nn.SiLU(), nn.Linear(width, width),
+                                                nn.SiLU(), nn.Linear(width, REPA_FEATURE_DIMS[repa_dino_version]))
         self.initialize_weights()
 
     def initialize_weights(self) -> None:
-        """docs/reference_behaviour.md §1.4, in its order; the model outputs exactly 0 afterwards."""
+        """docs/reference_behaviour.md §1.4, in its order (SFD's parts as SFD initialises them: the
+        REPA projector by the xavier pass, each time embedder like the one it replaces); the model
+        outputs exactly 0 afterwards."""
         def _basic_init(module):
             if isinstance(module, nn.Linear):
                 torch.nn.init.xavier_uniform_(module.weight)
@@ -393,8 +348,10 @@ class LightningDiT(nn.Module):
         nn.init.constant_(self.x_embedder.proj.bias, 0)
 
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        t_embedders = (self.t_embedder_sem, self.t_embedder_tex) if self.use_semantic_first else (self.t_embedder,)
+        for embedder in t_embedders:
+            nn.init.normal_(embedder.mlp[0].weight, std=0.02)
+            nn.init.normal_(embedder.mlp[2].weight, std=0.02)
 
         for block in self.blocks:
             nn.init.constant_(block.adaLN_modulation[-1].weight, 0)
@@ -404,6 +361,22 @@ class LightningDiT(nn.Module):
         nn.init.constant_(self.final_layer.linear.weight, 0)
         nn.init.constant_(self.final_layer.linear.bias, 0)
 
+    def embed_time(self, t: Times) -> torch.Tensor:
+        """Time conditioning (B, D). t: (B,) one time for every channel, SFD's tuple (t_tex, t_sem),
+        or a (B, 2) tensor [t_tex, t_sem] (channel-group order). A model with one embedder takes
+        a tuple only when every entry is the same tensor (one time for all groups)."""
+        if isinstance(t, torch.Tensor) and t.dim() == 2:
+            t = tuple(t.unbind(1))
+        if not self.use_semantic_first:
+            if isinstance(t, torch.Tensor):
+                return self.t_embedder(t)
+            if any(ti is not t[0] for ti in t):
+                raise ValueError("this LightningDiT has one time embedder (semfirst_delta_t = 0) but "
+                                 f"was given {len(t)} different group times")
+            return self.t_embedder(t[0])
+        t_tex, t_sem = (t, t) if isinstance(t, torch.Tensor) else t
+        return torch.cat([self.t_embedder_sem(t_sem), self.t_embedder_tex(t_tex)], dim=1)
+
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, N, p*p*C) with per-token order (p_row, p_col, channel) -> (B, C, H, W)."""
         c, p = self.out_channels, self.patch_size
@@ -412,26 +385,31 @@ class LightningDiT(nn.Module):
         x = torch.einsum("nhwpqc->nchpwq", x)
         return x.reshape(x.shape[0], c, h * p, w * p)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor,
-                return_sigma: bool = False) -> torch.Tensor:
-        """x (B, C, H, W) latents, t (B,) in [0, 1] (0 = noise, 1 = data), y (B,) int64 labels
-        (num_classes = null class) -> (B, in_channels, H, W) velocity (sigma half dropped).
-        return_sigma (ours, for the DDPM objective of transport/ddpm.py): with learn_sigma keep
-        the second half, giving (B, 2 * in_channels, H, W); t is then the integer DDPM step."""
+    def forward(self, x: torch.Tensor, t: Times, y: torch.Tensor,
+                return_sigma: bool = False) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
+        """x (B, C, H, W) latents, t in [0, 1] (0 = noise, 1 = data; forms as in embed_time),
+        y (B,) int64 labels (num_classes = null class) -> (B, in_channels, H, W) velocity (sigma
+        half dropped). With use_repa in training mode, SFD's pair (velocity, projected hidden
+        states (B, N, repa width)). return_sigma (ours, for the DDPM objective of
+        transport/ddpm.py): with learn_sigma keep the second half, giving (B, 2 * in_channels,
+        H, W); t is then the integer DDPM step."""
         # (B, N, D); fp32 pos_embed promotes under autocast. PatchEmbed returns a transposed view;
         # a contiguous residual stream saves a re-layout copy in every Linear (same values).
         x = self.x_embedder(x).contiguous() + self.pos_embed
-        c = self.t_embedder(t) + self.y_embedder(y, self.training)  # (B, D)
-        for block in self.blocks:
+        c = self.embed_time(t) + self.y_embedder(y, self.training)  # (B, D)
+        repa_depth = self.repa_depth if self.training else None  # SFD returns the features in training only
+        for depth, block in enumerate(self.blocks, start=1):
             if self.use_checkpoint and torch.is_grad_enabled():
                 x = checkpoint(block, x, c, self.feat_rope, use_reentrant=True)
             else:
                 x = block(x, c, self.feat_rope)
+            if depth == repa_depth:
+                repa_features = self.repa_projector(x)  # (B, N, repa width)
         x = self.final_layer(x, c)  # (B, N, p*p*C_out)
         x = self.unpatchify(x)  # (B, C_out, H, W)
         if self.learn_sigma and not return_sigma:
             x, _ = x.chunk(2, dim=1)
-        return x
+        return x if repa_depth is None else (x, repa_features)
 
     def forward_with_cfg(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cfg_scale,
                          cfg_interval: bool = False, cfg_interval_start: float = 0.0,
@@ -467,12 +445,8 @@ class LightningDiT(nn.Module):
 
     def compile_blocks(self, **compile_kwargs) -> "LightningDiT":
         """torch.compile each block and the final layer in place (nn.Module.compile), as the
-        reference decorates them (1.11). state_dict keys are unchanged; compilation happens
-        lazily on the first call. Returns self.
-
-        Under compilation the blocks take the plain formulas (real-valued RoPE, RMSNorm then
-        modulate, chunk / silu / multiply) instead of the eager fused Functions, so dynamo traces
-        each block as one graph and inductor fuses the elementwise chains itself."""
+        reference decorates them (1.11); inductor fuses the plain formulas' elementwise chains.
+        state_dict keys are unchanged; compilation happens lazily on the first call. Returns self."""
         for block in self.blocks:
             block.compile(**compile_kwargs)
         self.final_layer.compile(**compile_kwargs)
@@ -482,73 +456,38 @@ class LightningDiT(nn.Module):
 #################################################################################
 #                   Sine/Cosine Positional Embedding Functions                  #
 #################################################################################
-# MAE / DiT style, computed in float64 numpy.
 
 def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> np.ndarray:
-    """(grid_size**2, embed_dim): first half encodes the column (w) index, second half the row
-    (h) index; token n = row * grid_size + col."""
-    grid_h = np.arange(grid_size, dtype=np.float32)
-    grid_w = np.arange(grid_size, dtype=np.float32)
-    grid = np.meshgrid(grid_w, grid_h)  # w goes first
-    grid = np.stack(grid, axis=0).reshape([2, 1, grid_size, grid_size])
-    return get_2d_sincos_pos_embed_from_grid(embed_dim, grid)
+    """(grid_size**2, embed_dim), MAE / DiT style in float64: the first half encodes the column
+    (w) index, the second half the row (h) index, each as [sin(pos * omega), cos(pos * omega)]
+    with omega_k = 10000^(-k / (embed_dim / 4)); token n = row * grid_size + col."""
+    if embed_dim % 4:
+        raise ValueError(f"embed_dim must be a multiple of 4, got {embed_dim}")
+    omega = 1.0 / 10000 ** (np.arange(embed_dim // 4, dtype=np.float64) / (embed_dim / 4.0))
+    rows, cols = np.meshgrid(*[np.arange(grid_size, dtype=np.float32)] * 2, indexing="ij")
 
-
-def get_2d_sincos_pos_embed_from_grid(embed_dim: int, grid: np.ndarray) -> np.ndarray:
-    if embed_dim % 2:
-        raise ValueError(f"embed_dim must be even, got {embed_dim}")
-    emb_h = get_1d_sincos_pos_embed_from_grid(embed_dim // 2, grid[0])  # (G*G, D/2)
-    emb_w = get_1d_sincos_pos_embed_from_grid(embed_dim // 2, grid[1])  # (G*G, D/2)
-    return np.concatenate([emb_h, emb_w], axis=1)
-
-
-def get_1d_sincos_pos_embed_from_grid(embed_dim: int, pos: np.ndarray) -> np.ndarray:
-    """positions (M,) -> (M, embed_dim): [sin(pos * omega), cos(pos * omega)], sin first."""
-    if embed_dim % 2:
-        raise ValueError(f"embed_dim must be even, got {embed_dim}")
-    omega = np.arange(embed_dim // 2, dtype=np.float64)
-    omega /= embed_dim / 2.0
-    omega = 1.0 / 10000 ** omega  # (D/2,)
-    out = np.einsum("m,d->md", pos.reshape(-1), omega)  # (M, D/2)
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+    def embed(pos: np.ndarray) -> np.ndarray:
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)  # (G*G, D/4)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+    return np.concatenate([embed(cols), embed(rows)], axis=1)
 
 
 #################################################################################
 #                            LightningDiT Configs                               #
 #################################################################################
 
-def LightningDiT_B_1(**kwargs):
-    return LightningDiT(depth=12, hidden_size=768, patch_size=1, num_heads=12, **kwargs)
-
-def LightningDiT_B_2(**kwargs):
-    return LightningDiT(depth=12, hidden_size=768, patch_size=2, num_heads=12, **kwargs)
-
-def LightningDiT_L_2(**kwargs):
-    return LightningDiT(depth=24, hidden_size=1024, patch_size=2, num_heads=16, **kwargs)
-
-def LightningDiT_XL_1(**kwargs):
-    return LightningDiT(depth=28, hidden_size=1152, patch_size=1, num_heads=16, **kwargs)
-
-def LightningDiT_XL_2(**kwargs):
-    return LightningDiT(depth=28, hidden_size=1152, patch_size=2, num_heads=16, **kwargs)
-
-def LightningDiT_1p0B_1(**kwargs):
-    return LightningDiT(depth=24, hidden_size=1536, patch_size=1, num_heads=24, **kwargs)
-
-def LightningDiT_1p0B_2(**kwargs):
-    return LightningDiT(depth=24, hidden_size=1536, patch_size=2, num_heads=24, **kwargs)
-
-def LightningDiT_1p6B_1(**kwargs):
-    return LightningDiT(depth=28, hidden_size=1792, patch_size=1, num_heads=28, **kwargs)
-
-def LightningDiT_1p6B_2(**kwargs):
-    return LightningDiT(depth=28, hidden_size=1792, patch_size=2, num_heads=28, **kwargs)
-
+# name -> (depth, hidden_size, patch_size, num_heads); S/1, S/2 and L/1 are SFD's additions.
+LightningDiT_sizes: Dict[str, Dict[str, int]] = {
+    f"LightningDiT-{name}": dict(depth=depth, hidden_size=hidden, patch_size=patch, num_heads=heads)
+    for name, (depth, hidden, patch, heads) in {
+        "S/1": (12, 384, 1, 6), "S/2": (12, 384, 2, 6),
+        "B/1": (12, 768, 1, 12), "B/2": (12, 768, 2, 12),
+        "L/1": (24, 1024, 1, 16), "L/2": (24, 1024, 2, 16),
+        "XL/1": (28, 1152, 1, 16), "XL/2": (28, 1152, 2, 16),
+        "1p0B/1": (24, 1536, 1, 24), "1p0B/2": (24, 1536, 2, 24),
+        "1p6B/1": (28, 1792, 1, 28), "1p6B/2": (28, 1792, 2, 28),
+    }.items()
+}
 
 LightningDiT_models: Dict[str, Callable[..., LightningDiT]] = {
-    'LightningDiT-B/1': LightningDiT_B_1, 'LightningDiT-B/2': LightningDiT_B_2,
-    'LightningDiT-L/2': LightningDiT_L_2,
-    'LightningDiT-XL/1': LightningDiT_XL_1, 'LightningDiT-XL/2': LightningDiT_XL_2,
-    'LightningDiT-1p0B/1': LightningDiT_1p0B_1, 'LightningDiT-1p0B/2': LightningDiT_1p0B_2,
-    'LightningDiT-1p6B/1': LightningDiT_1p6B_1, 'LightningDiT-1p6B/2': LightningDiT_1p6B_2,
-}
+    name: functools.partial(LightningDiT, **size) for name, size in LightningDiT_sizes.items()}

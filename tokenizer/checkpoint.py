@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 
 from utils.fileio import require_torch_file
+from utils.state_dict import load_strict
 
 logger = logging.getLogger(__name__)
 
@@ -71,22 +72,6 @@ def read_state_dict(path: str | os.PathLike, state_key: str | None = None,
     if bad:
         raise ValueError(f"{path}: not a state dict, non-tensor entries {bad[:10]}")
     return dict(obj)
-
-
-def load_strict(model: nn.Module, sd: Mapping[str, torch.Tensor], source: str, what: str) -> None:
-    """`model.load_state_dict(sd, strict=True)`, but a key or shape mismatch is one ValueError that
-    names `source`, `what` and the first offending keys."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(sd))
-    unexpected = sorted(set(sd) - set(expected))
-    if missing or unexpected:
-        raise ValueError(f"{source} does not match {what}: {len(missing)} missing keys {missing[:8]}, "
-                         f"{len(unexpected)} unexpected keys {unexpected[:8]}")
-    mismatched = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-                  for k, v in sd.items() if v.shape != expected[k].shape]
-    if mismatched:
-        raise ValueError(f"{source}: shape mismatch {mismatched[:8]}")
-    model.load_state_dict(sd, strict=True)
 
 
 def load_autoencoder_weights(model: nn.Module, path: str | os.PathLike, *,

@@ -54,6 +54,7 @@ from datasets.order import STREAM_VALID, GlobalBatchSampler, SeededItems, step_n
 from models.build import build_model, should_compile
 from models.checkpoint import warm_start
 from models.ema import update_ema
+from models.kernels import select_kernels
 from training.checkpoints import checkpoint_path, load_latest, read_checkpoint, save_checkpoint
 from training.faults import inject_fault
 from training.metrics import MetricsSink
@@ -181,11 +182,14 @@ def resume(nets: Networks, ckpt_dir: Path, cfg, rt) -> Tuple[int, List[dict], Op
 
 
 def prepare(nets: Networks, cfg, rt) -> None:
-    """Move to the device, compile the blocks if asked, wrap in DDP (the one and only wrapper)."""
+    """Move to the device, compile the blocks if asked, pick the kernels for the device (models/
+    kernels.py), wrap in DDP (the one and only wrapper)."""
     nets.model.to(rt.device)
     nets.ema.to(rt.device)
     if should_compile(cfg, rt.device):
         nets.model.compile_blocks()
+    select_kernels(nets.model)
+    select_kernels(nets.ema)
     nets.model, nets.opt = rt.accelerator.prepare(nets.model, nets.opt)
 
 

@@ -53,6 +53,7 @@ from training.rundir import (TOKENIZER_FREE_KEYS, check_resume_config, claim_tra
 from utils.fileio import atomic_torch_save, atomic_write, atomic_write_text
 from utils.runtime import setup_runtime
 from utils.seeding import gather_rng_states, restore_rng_state
+from utils.state_dict import check_state_dict
 
 logger = logging.getLogger("train_tokenizer")
 
@@ -122,16 +123,6 @@ def training_state(model: VAVAEModel, loss: LPIPSWithDiscriminator, opt_ae: torc
     }
 
 
-def _check_keys(source: str, own: Dict[str, torch.Tensor], sd: Dict[str, torch.Tensor]) -> None:
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"{source} does not match the model: missing keys {missing[:8]}, "
-                         f"unexpected keys {unexpected[:8]}")
-    bad = [k for k in own if own[k].shape != sd[k].shape]
-    if bad:
-        raise ValueError(f"{source}: shape mismatch for {bad[:8]}")
-
-
 def _copy_into(own: Dict[str, torch.Tensor], sd: Dict[str, torch.Tensor], keys) -> None:
     with torch.no_grad():
         for k in keys:
@@ -145,7 +136,7 @@ def load_training_checkpoint(path: Path, model: VAVAEModel, loss: LPIPSWithDiscr
     `ckpt`: the file's contents when already read."""
     ckpt = ckpt if ckpt is not None else read_checkpoint(path, CHECKPOINT_KEYS)
     own = trainable_state_dict(model, loss)
-    _check_keys(str(path), own, ckpt["state_dict"])
+    check_state_dict(own, ckpt["state_dict"], str(path))
     _copy_into(own, ckpt["state_dict"], own)
     opt_ae.load_state_dict(ckpt["optimizer_ae"])
     opt_disc.load_state_dict(ckpt["optimizer_disc"])
@@ -167,10 +158,7 @@ def warm_start(path: str, model: VAVAEModel, loss: LPIPSWithDiscriminator) -> No
     for k in sorted(k for k in own if k not in sd):
         logger.warning("init_weight %s: %s not in the file, keeps its initialisation", path, k)
     common = [k for k in own if k in sd]
-    bad = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}" for k in common
-           if sd[k].shape != own[k].shape]
-    if bad:
-        raise ValueError(f"init_weight {path}: shape mismatch {bad[:8]}")
+    check_state_dict(own, sd, f"init_weight {path}", same_keys=False)
     _copy_into(own, sd, common)
     logger.info("warm start from %s: %d tensors loaded, %d frozen-module tensors skipped",
                 path, len(common), len(fixed))

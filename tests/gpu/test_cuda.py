@@ -1,6 +1,6 @@
 """The GPU path (marker `gpu`; skipped without CUDA): `bash run_tests.sh -m gpu tests/gpu`.
 
-On CUDA the model runs the plain formulation (models/kernels.py); these tests check it against
+On CUDA the model runs the plain modules (models/kernels.py); these tests check them against
 the CPU float64 formulation, check that the hand-written CPU kernels never run, that compiled
 equals eager, that training resumes exactly, that FID images do not depend on the batch size,
 and that the ADM evaluator's Inception features on CUDA equal the CPU ones."""
@@ -12,11 +12,10 @@ import pytest
 import torch
 
 import models.attention as attention
-import models.lightningdit as lightningdit
 from configs.schema import load_config
 from models.attention import ShiftedBF16Attention
 from models.fused_ops import RMSNormModulate, SiLUGate
-from models.kernels import PLAIN, kernel_path
+from models.kernels import select_kernels, use_cpu_kernels, uses_cpu_kernels
 from models.lightningdit import LightningDiT
 
 pytestmark = [pytest.mark.gpu,
@@ -26,7 +25,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs/tiny/lightningdit_tiny.yaml")
 RELEASED = dict(use_swiglu=True, use_rope=True, use_rmsnorm=True)
 CPU_KERNELS = ((RMSNormModulate, "apply"), (SiLUGate, "apply"), (ShiftedBF16Attention, "apply"),
-               (attention, "rotate_pairs"), (lightningdit, "rotate_pairs"))
+               (attention, "rotate_pairs"))
 
 
 @pytest.fixture(autouse=True)
@@ -70,9 +69,9 @@ def block_stack(m, x, c):
 def test_blocks_match_cpu_float64(no_cpu_kernels, bf16):
     """Blocks + final layer on CUDA (fp32, or bf16 autocast) against the CPU float64 forward and
     parameter gradients (head_dim 64, 256 tokens: the released shapes per head)."""
-    assert kernel_path("cuda") == PLAIN
     ref = tiny_model(**RELEASED, use_qknorm=True).double()
-    gpu = copy.deepcopy(ref).float().cuda()
+    gpu = select_kernels(use_cpu_kernels(copy.deepcopy(ref)).float().cuda())
+    assert not uses_cpu_kernels(gpu)
     g = torch.Generator().manual_seed(1)
     x, c = torch.randn(4, 256, 128, generator=g, dtype=torch.float64), torch.randn(4, 128, generator=g, dtype=torch.float64)
     out_ref = block_stack_cpu_reference(ref, x, c)
@@ -91,17 +90,17 @@ def test_blocks_match_cpu_float64(no_cpu_kernels, bf16):
 
 
 def block_stack_cpu_reference(ref, x, c):
-    """float64 on CPU through the plain formulation (the CPU kernels are patched to raise)."""
-    from models.kernels import forced_kernel_path
-    with forced_kernel_path(PLAIN):
-        out = block_stack(ref, x, c)
-        out.square().mean().backward()
+    """float64 on CPU through the plain modules (the CPU kernels are patched to raise)."""
+    out = block_stack(ref, x, c)
+    out.square().mean().backward()
     return out.detach(), {n: p.grad for n, p in ref.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_full_model_never_calls_cpu_kernels(no_cpu_kernels, bf16):
-    m = tiny_model(**RELEASED, use_qknorm=True).cuda().train()
+    """Even with the CPU variants left in (no select_kernels after .cuda()), they defer to the
+    plain forward on CUDA tensors."""
+    m = use_cpu_kernels(tiny_model(**RELEASED, use_qknorm=True)).cuda().train()
     x, t, y = torch.randn(4, 32, 16, 16, device="cuda"), torch.rand(4, device="cuda"), torch.arange(4, device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
         out = m(x, t, y)
@@ -162,7 +161,8 @@ def test_fid_images_do_not_depend_on_batch_size():
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    model = model.cuda().eval()
+    model = select_kernels(model.cuda().eval())
+    assert not uses_cpu_kernels(model)
     decoder = Decoder(cfg, torch.device("cuda"), random_init=True)
     c, h = cfg.model.in_chans, latent_size(cfg)
     images = {}

@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.attention import ShiftedBF16Attention, scaled_dot_product_attention
-from models.lightningdit import VisionRotaryEmbedding, rotate_half
+from models.attention import ShiftedBF16Attention, cpu_attention
+from models.kernels import CPURotaryEmbedding
+from models.lightningdit import rotate_half
 
 
 def exact_attention(q, k, v):
@@ -70,21 +71,24 @@ def test_dispatch():
     torch.manual_seed(2)
     q, k, v = (torch.randn(2, 2, 16, 8) for _ in range(3))
     # float32: torch's kernel, bit for bit
-    assert torch.equal(scaled_dot_product_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+    assert torch.equal(cpu_attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
     # bf16 autocast on float32 inputs: cast to bf16 (as autocast does for SDPA), then the bf16 kernel
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = scaled_dot_product_attention(q, k, v)
+        out = cpu_attention(q, k, v)
     assert out.dtype == torch.bfloat16
     assert torch.equal(out, ShiftedBF16Attention.apply(q.bfloat16(), k.bfloat16(), v.bfloat16()))
     # bf16 tensors without autocast: the bf16 kernel too
-    assert torch.equal(scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16()), out)
+    assert torch.equal(cpu_attention(q.bfloat16(), k.bfloat16(), v.bfloat16()), out)
+    # other devices: torch's kernel (meta tensors stand in for a GPU's)
+    qm, km, vm = (t.bfloat16().to("meta") for t in (q, k, v))
+    assert cpu_attention(qm, km, vm).is_meta
 
 
 def test_fused_rotation_is_exact_in_float64():
     """With a RoPE table, the kernel is attention on rope(q), rope(k); gradcheck covers the
     backward rotation of dq and dk."""
     torch.manual_seed(3)
-    rope = VisionRotaryEmbedding(4, pt_seq_len=3).double()  # head_dim 8, 9 tokens
+    rope = CPURotaryEmbedding(4, pt_seq_len=3).double()  # head_dim 8, 9 tokens
     q, k, v = (torch.randn(2, 2, 9, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
     rotation = rope.rotation(q)
     assert rotation.dtype == torch.complex128
@@ -95,16 +99,16 @@ def test_fused_rotation_is_exact_in_float64():
 
 def test_dispatch_with_rope():
     torch.manual_seed(4)
-    rope = VisionRotaryEmbedding(8, pt_seq_len=4)  # head_dim 16, 16 tokens, float32 tables
+    rope = CPURotaryEmbedding(8, pt_seq_len=4)  # head_dim 16, 16 tokens, float32 tables
     q, k, v = (torch.randn(2, 2, 16, 16) for _ in range(3))
     # float32: RoPE, then torch's kernel, bit for bit
-    assert torch.equal(scaled_dot_product_attention(q, k, v, rope=rope),
+    assert torch.equal(cpu_attention(q, k, v, rope.rotation(q)),
                        F.scaled_dot_product_attention(rope(q), rope(k), v))
     # bf16 autocast on bf16 q/k (a Linear's output): RoPE in float32 as the reference does, rounded
     # once to bf16 inside the kernel, so the forward equals the unfused kernel on rope(q), rope(k)
     qb, kb, vb = (t.bfloat16().requires_grad_() for t in (q, k, v))
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        fused = scaled_dot_product_attention(qb, kb, vb, rope=rope)
+        fused = cpu_attention(qb, kb, vb, rope.rotation(qb))
     ref_in = [t.detach().clone().requires_grad_() for t in (qb, kb, vb)]
     unfused = ShiftedBF16Attention.apply(reference_rope(rope, ref_in[0]).bfloat16(),
                                          reference_rope(rope, ref_in[1]).bfloat16(), ref_in[2])
@@ -122,7 +126,7 @@ def test_dispatch_with_rope():
 def test_fused_rotation_accuracy_matches_flash_attention(logit_std):
     """bf16 q, k, v with RoPE on a 16 x 16 grid: errors against float32 attention on the float32
     rotation stay within 2x of torch's flash kernel on the bf16-rounded rotation."""
-    rope = VisionRotaryEmbedding(32, pt_seq_len=16)  # head_dim 64, 256 tokens
+    rope = CPURotaryEmbedding(32, pt_seq_len=16)  # head_dim 64, 256 tokens
 
     def fused(q, k, v):
         return ShiftedBF16Attention.apply(q, k, v, rope.rotation(q))

@@ -101,3 +101,86 @@ def test_unreadable_layouts(tmp_path):
     torch.save({"ema": {"x": 1}}, tmp_path / "b.pt")
     with pytest.raises(ValueError, match="'ema'"):
         read_lightningdit_state_dict(tmp_path / "b.pt")
+
+
+# ----------------------------------------------------------------------------------------------
+# SFD checkpoints (SFD's train.py / inference.py; key names and shapes of its model)
+# ----------------------------------------------------------------------------------------------
+
+def sfd_xl_keys():
+    """The state dict of SFD's released XL/1 network, written out by hand from its module tree:
+    D = 1152, 28 blocks, 16 heads of 72, 48 channels (32 texture + 16 semantic), qk-norm,
+    SwiGLU hidden 3072, two time embedders of width D/2, REPA projector to DINOv2-B's 768."""
+    D, half, F = 1152, 576, 3072
+    keys = {"x_embedder.proj.weight": (D, 48, 1, 1), "x_embedder.proj.bias": (D,), "pos_embed": (1, 256, D)}
+    for part in ("sem", "tex"):
+        keys.update({f"t_embedder_{part}.mlp.0.weight": (half, 256), f"t_embedder_{part}.mlp.0.bias": (half,),
+                     f"t_embedder_{part}.mlp.2.weight": (half, half), f"t_embedder_{part}.mlp.2.bias": (half,)})
+    keys.update({"y_embedder.embedding_table.weight": (1001, D),
+                 "feat_rope.freqs_cos": (256, 72), "feat_rope.freqs_sin": (256, 72)})
+    for i in range(28):
+        keys.update({f"blocks.{i}.{name}": shape for name, shape in {
+            "norm1.weight": (D,), "attn.qkv.weight": (3 * D, D), "attn.qkv.bias": (3 * D,),
+            "attn.q_norm.weight": (72,), "attn.k_norm.weight": (72,), "attn.proj.weight": (D, D),
+            "attn.proj.bias": (D,), "norm2.weight": (D,), "mlp.w12.weight": (2 * F, D), "mlp.w12.bias": (2 * F,),
+            "mlp.w3.weight": (D, F), "mlp.w3.bias": (D,), "adaLN_modulation.1.weight": (6 * D, D),
+            "adaLN_modulation.1.bias": (6 * D,)}.items()})
+    keys.update({"final_layer.norm_final.weight": (D,), "final_layer.linear.weight": (48, D),
+                 "final_layer.linear.bias": (48,), "final_layer.adaLN_modulation.1.weight": (2 * D, D),
+                 "final_layer.adaLN_modulation.1.bias": (2 * D,),
+                 "repa_projector.0.weight": (2048, D), "repa_projector.0.bias": (2048,),
+                 "repa_projector.2.weight": (2048, 2048), "repa_projector.2.bias": (2048,),
+                 "repa_projector.4.weight": (768, 2048), "repa_projector.4.bias": (768,)})
+    return keys
+
+
+def test_sfd_xl_network_has_sfd_keys_and_loads_them_strictly():
+    """SFD's XL config (configs/sfd/lightningdit_xl/train.yaml) builds a network whose state dict
+    is SFD's, key for key and shape for shape; a state dict with those keys loads strictly."""
+    from configs.schema import load_config
+    from models.build import build_model
+    from utils.state_dict import load_strict
+
+    with torch.device("meta"):
+        model = build_model(load_config("configs/sfd/lightningdit_xl/train.yaml"), training=False)
+        expected = sfd_xl_keys()
+        assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == expected
+        load_strict(model, {k: torch.empty(s) for k, s in expected.items()}, "SFD XL/1 state dict")
+        sd = {k: torch.empty(s) for k, s in expected.items() if not k.startswith("repa_projector")}
+        with pytest.raises(ValueError, match=r"6 missing keys \['repa_projector.0.weight'"):
+            load_strict(model, sd, "an XL/1 without REPA")
+
+
+def tiny_sfd(seed, **kw):
+    torch.manual_seed(seed)
+    m = LightningDiT(input_size=4, patch_size=1, in_channels=6, hidden_size=16, depth=2, num_heads=2,
+                     num_classes=10, use_swiglu=True, use_rope=True, use_rmsnorm=True, use_qknorm=True,
+                     semantic_chans=2, semfirst_delta_t=0.3, use_repa=True, repa_dino_version="dinov2_vits14",
+                     repa_depth=1, repa_projector_dim=8, **kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p))
+    return m
+
+
+def test_sfd_checkpoint_layouts(tmp_path):
+    """SFD's train.py file {'model', 'ema', 'opt', 'config' (an OmegaConf DictConfig)} loads with
+    weights_only=True, EMA preferred; so does an EMA-only raw state dict."""
+    from omegaconf import OmegaConf
+
+    model_w, ema_w, target = tiny_sfd(0), tiny_sfd(1), tiny_sfd(2)
+    opt = torch.optim.AdamW(model_w.parameters(), lr=1e-4)
+    model_w(torch.randn(2, 6, 4, 4), (torch.rand(2), torch.rand(2)), torch.tensor([1, 2]))[0].sum().backward()
+    opt.step()
+    config = OmegaConf.create({"model": {"model_type": "LightningDiT-XL/1", "semfirst_delta_t": 0.3,
+                                         "repa_feat_depth": 2, "use_repa": True, "lst": [1, 2.5, "a", None]}})
+    torch.save({"model": model_w.state_dict(), "ema": ema_w.state_dict(), "opt": opt.state_dict(),
+                "config": config}, tmp_path / "0400000.pt")
+    load_lightningdit_checkpoint(tmp_path / "0400000.pt", target)
+    assert same_weights(target, ema_w)
+    load_lightningdit_checkpoint(tmp_path / "0400000.pt", target, prefer_ema=False)
+    assert same_weights(target, model_w)
+    torch.save(ema_w.state_dict(), tmp_path / "4000000.pt")
+    assert same_weights(load_lightningdit_checkpoint(tmp_path / "4000000.pt", tiny_sfd(3)), ema_w)
+    with pytest.raises(ValueError, match="t_embedder_sem.mlp.0.weight"):  # a LightningDiT is not SFD's network
+        load_lightningdit_checkpoint(tmp_path / "4000000.pt", tiny(4))

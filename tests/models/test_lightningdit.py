@@ -1,6 +1,8 @@
 """Tests for models/lightningdit.py against closed forms, invariants and an independent plain
 formulation written here from docs/reference_behaviour.md §1 (einops RoPE, explicit softmax attention,
-written-out RMSNorm, rearrange unpatchify), reading the weights from the state dict only."""
+written-out RMSNorm, rearrange unpatchify) and SFD's model (two time embedders, REPA projector),
+reading the weights from the state dict only. The network runs both as the plain modules and with
+the CPU-kernel variants of models/kernels.py (parameter `kernels`)."""
 import copy
 import itertools
 import math
@@ -11,9 +13,10 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
+from models.attention import cpu_attention
+from models.kernels import use_cpu_kernels
 from models.lightningdit import (LightningDiT, LightningDiT_models, TimestepEmbedder, VisionRotaryEmbedding,
                                  get_2d_sincos_pos_embed, rotate_half)
-
 
 
 RELEASED = dict(input_size=16, in_channels=32, use_swiglu=True, use_rope=True, use_rmsnorm=True)
@@ -100,17 +103,24 @@ def test_state_dict_table_variants(change):
 
 
 def test_registry_sizes():
-    # (depth, hidden, patch, heads) fixed by the registry; params (M) from docs/reference_behaviour.md §1.1.
+    # (depth, hidden, patch, heads) fixed by the registry; params (M) from docs/reference_behaviour.md §1.1,
+    # and for SFD's additions (S/1, S/2, L/1: its models/lightningdit.py) from the shape table.
     table = {"B/1": (12, 768, 1, 12, 130.56), "B/2": (12, 768, 2, 12, 130.56), "L/2": (24, 1024, 2, 16, 458.15),
              "XL/1": (28, 1152, 1, 16, 675.26), "XL/2": (28, 1152, 2, 16, 675.26),
              "1p0B/1": (24, 1536, 1, 24, 1029.40), "1p0B/2": (24, 1536, 2, 24, 1029.40),
-             "1p6B/1": (28, 1792, 1, 28, 1631.77), "1p6B/2": (28, 1792, 2, 28, 1631.77)}
+             "1p6B/1": (28, 1792, 1, 28, 1631.77), "1p6B/2": (28, 1792, 2, 28, 1631.77),
+             "S/1": (12, 384, 1, 6, None), "S/2": (12, 384, 2, 6, None), "L/1": (24, 1024, 1, 16, None)}
     assert set(LightningDiT_models) == {f"LightningDiT-{k}" for k in table}
     for k, (depth, D, p, h, mparams) in table.items():
         m = meta_model(f"LightningDiT-{k}", **RELEASED)
         assert len(m.blocks) == depth and m.pos_embed.shape[-1] == D and m.patch_size == p
         assert m.blocks[0].attn.num_heads == h
-        assert round(sum(q.numel() for q in m.parameters()) / 1e6, 2) == mparams
+        shapes = expected_shapes(D, depth, h, p, **{k: v for k, v in RELEASED.items() if k != "in_channels"})
+        assert {k: tuple(v.shape) for k, v in m.state_dict().items()} == shapes
+        n = sum(q.numel() for q in m.parameters())
+        assert n == sum(math.prod(s) for name, s in shapes.items() if not name.startswith("feat_rope"))
+        if mparams is not None:
+            assert round(n / 1e6, 2) == mparams
 
 
 def test_constructor_defaults():
@@ -199,24 +209,6 @@ def test_rope_is_relative_rotation():
     for vals in by_delta.values():
         torch.testing.assert_close(torch.stack(vals), vals[0].expand(len(vals)), rtol=0, atol=1e-5)
     assert len({round(v[0].item(), 4) for v in by_delta.values()}) > 10  # not trivially constant
-    # The fused complex path equals the written formula.
-    torch.testing.assert_close(r, x * rope.freqs_cos + rotate_half(x) * rope.freqs_sin, rtol=0, atol=1e-6)
-
-
-def test_rope_unpaired_tables_fall_back():
-    rope = VisionRotaryEmbedding(dim=4, pt_seq_len=2)
-    sd = {k: torch.randn_like(v) for k, v in rope.state_dict().items()}
-    rope.load_state_dict(sd)
-    assert not rope._paired
-    x = torch.randn(1, 1, 4, 8)
-    torch.testing.assert_close(rope(x), x * sd["freqs_cos"] + rotate_half(x) * sd["freqs_sin"], rtol=0, atol=0)
-    m, _ = tiny(use_rope=True)  # the check also runs when the whole model loads a state dict
-    sd = m.state_dict()
-    sd["feat_rope.freqs_sin"] = torch.randn_like(sd["feat_rope.freqs_sin"])
-    m.load_state_dict(sd)
-    assert not m.feat_rope._paired
-    m.load_state_dict(tiny(use_rope=True)[0].state_dict())
-    assert m.feat_rope._paired
 
 
 # ----------------------------------------------------------------------------------------------
@@ -234,10 +226,12 @@ def plain_rotate_half(x):
     return rearrange(torch.stack((-x2, x1), dim=-1), "... d r -> ... (d r)")
 
 
-def plain_forward(sd, cfg, x, t, y, drop=None, attention=None, contiguous=False):
+def plain_forward(sd, cfg, x, t, y, drop=None, attention=None, contiguous=False, repa_depth=None):
     """cfg: dict with hidden, heads, patch, C and the flags; drop: bool mask of dropped labels;
     attention: an attention kernel (q, k, v) -> o, else the softmax formula written out.
-    contiguous=False keeps the reference's transposed token layout after the patch embedding."""
+    contiguous=False keeps the reference's transposed token layout after the patch embedding.
+    SFD: with `t_embedder_sem/tex` in sd, t is (t_tex, t_sem); with repa_depth, returns (out,
+    REPA MLP on the hidden states after that block)."""
     D, H, p, C = cfg["hidden"], cfg["heads"], cfg["patch"], cfg["C"]
     dh = D // H
     depth = 1 + max(int(k.split(".")[1]) for k in sd if k.startswith("blocks."))
@@ -254,9 +248,15 @@ def plain_forward(sd, cfg, x, t, y, drop=None, attention=None, contiguous=False)
     h = F.conv2d(x, sd["x_embedder.proj.weight"], sd["x_embedder.proj.bias"], stride=p)
     h = rearrange(h, "b d gh gw -> b (gh gw) d")
     h = (h.contiguous() if contiguous else h) + sd["pos_embed"]
-    freqs = torch.exp(-math.log(10000) * torch.arange(128, dtype=torch.float32) / 128)
-    ang = t[:, None].float() * freqs[None]
-    temb = lin(F.silu(lin(torch.cat([ang.cos(), ang.sin()], -1), "t_embedder.mlp.0")), "t_embedder.mlp.2")
+    def time_mlp(tt, name):
+        freqs = torch.exp(-math.log(10000) * torch.arange(128, dtype=torch.float32) / 128)
+        ang = tt[:, None].float() * freqs[None]
+        return lin(F.silu(lin(torch.cat([ang.cos(), ang.sin()], -1), name + ".mlp.0")), name + ".mlp.2")
+
+    if "t_embedder_sem.mlp.0.weight" in sd:  # SFD: semantic half first
+        temb = torch.cat([time_mlp(t[1], "t_embedder_sem"), time_mlp(t[0], "t_embedder_tex")], dim=1)
+    else:
+        temb = time_mlp(t, "t_embedder")
     if drop is not None:
         y = torch.where(drop, cfg["num_classes"], y)
     c = temb + sd["y_embedder.embedding_table.weight"][y]
@@ -294,17 +294,22 @@ def plain_forward(sd, cfg, x, t, y, drop=None, attention=None, contiguous=False)
         else:
             a = lin(F.gelu(lin(a, b + "mlp.fc1"), approximate="tanh"), b + "mlp.fc2")
         h = h + g2.unsqueeze(1) * a
+        if i + 1 == repa_depth:
+            feats = lin(F.silu(lin(F.silu(lin(h, "repa_projector.0")), "repa_projector.2")), "repa_projector.4")
     shift, scale = lin(F.silu(c), "final_layer.adaLN_modulation.1").chunk(2, dim=1)
     out = lin(mod(norm(h, "final_layer.norm_final"), shift, scale), "final_layer.linear")
     G = int(out.shape[1] ** 0.5)
     out = rearrange(out, "b (gh gw) (p q c) -> b c (gh p) (gw q)", gh=G, p=p, q=p)
-    return out[:, :C] if cfg["learn_sigma"] else out
+    out = out[:, :C] if cfg["learn_sigma"] else out
+    return out if repa_depth is None else (out, feats)
 
 
-def tiny(seed=0, patch=1, hidden=32, heads=2, depth=2, C=4, input_size=8, randomize=True, **flags):
+def tiny(seed=0, patch=1, hidden=32, heads=2, depth=2, C=4, input_size=8, randomize=True, kernels="plain", **flags):
     torch.manual_seed(seed)
     m = LightningDiT(input_size=input_size, patch_size=patch, in_channels=C, hidden_size=hidden, depth=depth,
                      num_heads=heads, num_classes=10, **flags)
+    if kernels == "cpu":
+        use_cpu_kernels(m)
     if randomize:  # init zeroes adaLN and the output layer; give every weight a random value
         with torch.no_grad():  # fan-in scaled, so activations stay O(1) and tolerances are absolute
             for name, prm in m.named_parameters():
@@ -328,14 +333,18 @@ def inputs(B=3, C=4, S=8, seed=1):
 
 
 FLAG_NAMES = ("use_qknorm", "use_swiglu", "use_rope", "use_rmsnorm", "wo_shift")
+KERNELS = ("plain", "cpu")
+# The attention kernel that the reference formulation uses to match each path's bf16 roundings.
+ATTENTION = {"plain": F.scaled_dot_product_attention, "cpu": cpu_attention}
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("bits", list(itertools.product([False, True], repeat=len(FLAG_NAMES))),
                          ids=lambda b: "".join("1" if v else "0" for v in b))
-def test_matches_plain_formulation_all_flags(bits):
+def test_matches_plain_formulation_all_flags(bits, kernels):
     flags = dict(zip(FLAG_NAMES, bits))
     for patch, learn_sigma, dropout in itertools.product([1, 2], [False, True], [0.0, 0.1]):
-        m, cfg = tiny(patch=patch, learn_sigma=learn_sigma, class_dropout_prob=dropout, **flags)
+        m, cfg = tiny(patch=patch, learn_sigma=learn_sigma, class_dropout_prob=dropout, kernels=kernels, **flags)
         sd = m.state_dict()
         x, t, y = inputs()
         for train in (False, True):
@@ -355,17 +364,17 @@ def test_matches_plain_formulation_all_flags(bits):
 @pytest.mark.parametrize("flags", [dict(use_rope=True, use_rmsnorm=True, use_swiglu=True),
                                    dict(use_rope=True, use_rmsnorm=True, use_swiglu=True, use_qknorm=True),
                                    dict(use_qknorm=True, wo_shift=True)])
-def test_bf16_autocast_same_rounding_points(flags):
-    """Under bf16 autocast the fast paths round where the reference rounds: the plain formulation
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_bf16_autocast_same_rounding_points(flags, kernels):
+    """Under bf16 autocast both paths round where the reference rounds: the plain formulation
     with the same attention kernel and token layout gives the same bf16 output. (The CPU bf16
     attention kernel itself is checked against float32 attention in test_attention.py.)"""
-    from models.attention import scaled_dot_product_attention
-    m, cfg = tiny(**flags)
+    m, cfg = tiny(kernels=kernels, **flags)
     x, t, y = inputs()
     m.eval()
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = m(x, t, y)
-        ref = plain_forward(m.state_dict(), cfg, x, t, y, attention=scaled_dot_product_attention, contiguous=True)
+        ref = plain_forward(m.state_dict(), cfg, x, t, y, attention=ATTENTION[kernels], contiguous=True)
     assert out.dtype == ref.dtype == torch.bfloat16
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
@@ -374,12 +383,13 @@ def test_bf16_autocast_same_rounding_points(flags):
 @pytest.mark.parametrize("flags", [dict(use_rope=True, use_rmsnorm=True, use_swiglu=True),
                                    dict(use_rope=True, use_rmsnorm=True, use_swiglu=True, use_qknorm=True, wo_shift=True),
                                    dict()])
-def test_gradients_match_plain_formulation(flags, autocast):
-    """The hand-written backward passes (fused norm/modulate, SiLU gate, CPU bf16 attention) give
-    autograd's gradients of the plain formulation for every parameter: to float rounding in
-    float32, to bf16 rounding under autocast (the plain side then uses the same attention kernel)."""
-    from models.attention import scaled_dot_product_attention
-    m, cfg = tiny(**flags)
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_gradients_match_plain_formulation(flags, autocast, kernels):
+    """Both paths, including the hand-written backward passes of the CPU kernels (fused
+    norm/modulate, SiLU gate, bf16 attention), give autograd's gradients of the plain formulation
+    for every parameter: to float rounding in float32, to bf16 rounding under autocast (the plain
+    side then uses the same attention kernel)."""
+    m, cfg = tiny(kernels=kernels, **flags)
     x, t, y = inputs()
     m.eval()
     sd = {k: v.detach().clone().requires_grad_(v.is_floating_point() and k != "pos_embed")
@@ -388,7 +398,7 @@ def test_gradients_match_plain_formulation(flags, autocast):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
         out = m(x, t, y)
         ref = plain_forward(sd, cfg, x, t, y, contiguous=True,
-                            attention=scaled_dot_product_attention if autocast else None)
+                            attention=ATTENTION[kernels] if autocast else None)
     out.float().backward(grad)
     ref.float().backward(grad)
     tol = dict(rtol=0.05, atol=0.05) if autocast else dict(rtol=1e-4, atol=1e-5)
@@ -398,11 +408,14 @@ def test_gradients_match_plain_formulation(flags, autocast):
             torch.testing.assert_close(prm.grad / scale, sd[name].grad / scale, **tol, msg=lambda s: f"{name}: {s}")
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("contiguous", [True, False])
-def test_rmsnorm_equals_written_formula(contiguous):
+def test_rmsnorm_equals_written_formula(contiguous, kernels):
     from models.lightningdit import RMSNorm
     torch.manual_seed(0)
     norm = RMSNorm(48)
+    if kernels == "cpu":
+        use_cpu_kernels(norm)  # F.rms_norm where it gives the formula's roundings
     with torch.no_grad():
         norm.weight.copy_(1 + 0.3 * torch.randn(48))
     x = 3 * torch.randn(2, 48, 20).transpose(1, 2)  # (2, 20, 48), transposed layout
@@ -497,10 +510,11 @@ def test_learn_sigma_returns_in_channels():
     assert m(x, t, y).shape == x.shape
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("flags", [dict(use_rope=True, use_rmsnorm=True, use_swiglu=True), dict(wo_shift=True)])
-def test_gradient_checkpointing_identical(flags):
-    m, _ = tiny(**flags)
-    m2, _ = tiny(use_checkpoint=True, **flags)
+def test_gradient_checkpointing_identical(flags, kernels):
+    m, _ = tiny(kernels=kernels, **flags)
+    m2, _ = tiny(use_checkpoint=True, kernels=kernels, **flags)
     m2.load_state_dict(m.state_dict())
     x, t, y = inputs()
     for model in (m, m2):
@@ -520,10 +534,12 @@ def test_compile_blocks_keeps_state_dict_keys():
     assert list(m.state_dict()) == keys
 
 
+@pytest.mark.parametrize("kernels", KERNELS)
 @pytest.mark.parametrize("bf16", [False, True])
-def test_block_traces_as_one_graph(bf16):
-    """compile_blocks must not fall back to eager inside a block (a graph break costs the fusion)."""
-    m, _ = tiny(use_rope=True, use_rmsnorm=True, use_swiglu=True, use_qknorm=True)
+def test_block_traces_as_one_graph(bf16, kernels):
+    """compile_blocks must not fall back to eager inside a block (a graph break costs the fusion);
+    a CPU-kernel variant traced by mistake runs its plain forward."""
+    m, _ = tiny(use_rope=True, use_rmsnorm=True, use_swiglu=True, use_qknorm=True, kernels=kernels)
     block = m.blocks[0]
     n_tokens, dim = m.pos_embed.shape[1:]
     x, c = torch.randn(2, n_tokens, dim), torch.randn(2, dim)
@@ -563,3 +579,169 @@ def test_compile_blocks_same_gradients(bf16):
         if p1.requires_grad:
             scale = p1.grad.abs().max().item()
             torch.testing.assert_close(p2.grad, p1.grad, rtol=0, atol=tol * max(scale, 1e-3), msg=name)
+
+
+# ----------------------------------------------------------------------------------------------
+# SFD: two time embedders (texture, semantic) and the REPA projector (SFD's models/lightningdit.py)
+# ----------------------------------------------------------------------------------------------
+
+SFD = dict(use_rope=True, use_rmsnorm=True, use_swiglu=True, use_qknorm=True, semantic_chans=2, semfirst_delta_t=0.3)
+REPA = dict(use_repa=True, repa_dino_version="dinov2_vits14", repa_depth=1, repa_projector_dim=24)
+
+
+def sfd_times(t, delta=0.3):
+    """SFD's training draw: tau = (1 + delta) t, t_sem = min(tau, 1), t_tex = max(tau - delta, 0)."""
+    tau = t * (1 + delta)
+    return (tau - delta).clamp(min=0), tau.clamp(max=1)
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_sfd_matches_plain_formulation(kernels, learn_sigma):
+    """cat[e_sem(t_sem), e_tex(t_tex)] conditioning and, in training mode, the REPA MLP on the
+    hidden states after block repa_depth, against the formulation written from the state dict."""
+    m, cfg = tiny(depth=3, kernels=kernels, learn_sigma=learn_sigma, **SFD, **{**REPA, "repa_depth": 2})
+    x, t, y = inputs()
+    t2 = sfd_times(t)
+    assert not torch.equal(*t2)
+    ref, ref_feats = plain_forward(m.state_dict(), cfg, x, t2, y, repa_depth=2)
+    m.eval()
+    with torch.no_grad():
+        out = m(x, t2, y)  # eval: the velocity only, as SFD
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    m.train()
+    m.y_embedder.dropout_prob = 0.0
+    out, feats = m(x, t2, y)
+    assert feats.shape == (3, 64, 384)  # (B, N, DINOv2-S width)
+    assert out.shape == x.shape and ref_feats.abs().max() > 0.1
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(feats, ref_feats, rtol=0, atol=1e-5)
+    sigma, _ = m(x, t2, y, return_sigma=True)
+    assert sigma.shape[1] == (8 if learn_sigma else 4)
+
+
+def test_sfd_time_forms():
+    """t as SFD's tuple (t_tex, t_sem), as a (B, 2) tensor in channel-group order, or (B,) for
+    both; the semantic embedding is the first half of the conditioning."""
+    m, _ = tiny(**SFD)
+    x, t, y = inputs()
+    t_tex, t_sem = sfd_times(t)
+    m.eval()
+    with torch.no_grad():
+        c = m.embed_time((t_tex, t_sem))
+        torch.testing.assert_close(c[:, :16], m.t_embedder_sem(t_sem), rtol=0, atol=0)
+        torch.testing.assert_close(c[:, 16:], m.t_embedder_tex(t_tex), rtol=0, atol=0)
+        assert not torch.allclose(c, m.embed_time((t_sem, t_tex)))
+        out = m(x, (t_tex, t_sem), y)
+        assert torch.equal(m(x, torch.stack([t_tex, t_sem], dim=1), y), out)
+        assert torch.equal(m(x, t, y), m(x, (t, t), y))
+    single, _ = tiny(**{**SFD, "semfirst_delta_t": 0.0})  # one embedder
+    single.eval()
+    with torch.no_grad():
+        assert torch.equal(single(x, (t, t), y), single(x, t, y))  # one time for both groups
+        with pytest.raises(ValueError, match="one time embedder"):
+            single(x, (t_tex, t_sem), y)
+
+
+@pytest.mark.parametrize("change", [dict(semantic_chans=16), dict(semfirst_delta_t=0.3), dict()])
+def test_without_delta_or_semantic_channels_is_lightningdit(change):
+    """With semfirst_delta_t = 0 (or no semantic channels) the network is LightningDiT's: the same
+    keys and, from the same seed, the same weights and outputs."""
+    kw = dict(input_size=16, patch_size=2, in_channels=32, hidden_size=64, depth=2, num_heads=2,
+              num_classes=10, use_rope=True, use_rmsnorm=True, use_swiglu=True)
+    torch.manual_seed(0)
+    ours = LightningDiT(**kw, **change)
+    torch.manual_seed(0)
+    base = LightningDiT(**kw)
+    sd, ref = ours.state_dict(), base.state_dict()
+    assert {k: tuple(v.shape) for k, v in sd.items()} == expected_shapes(64, 2, 2, 2, use_rope=True, use_rmsnorm=True,
+                                                                          use_swiglu=True, num_classes=10)
+    assert all(torch.equal(sd[k], v) for k, v in ref.items())
+    with torch.no_grad():
+        for p in base.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ours.load_state_dict(base.state_dict())
+    x, t, y = torch.randn(2, 32, 16, 16), torch.rand(2), torch.tensor([1, 2])
+    ours.eval(), base.eval()
+    assert torch.equal(ours(x, t, y), base(x, t, y))
+
+
+@pytest.mark.parametrize("kernels", KERNELS)
+def test_repa_with_gradient_checkpointing_identical(kernels):
+    m, _ = tiny(kernels=kernels, **SFD, **REPA)
+    m2, _ = tiny(kernels=kernels, use_checkpoint=True, **SFD, **REPA)
+    m2.load_state_dict(m.state_dict())
+    x, t, y = inputs()
+    for model in (m, m2):
+        model.train()
+        torch.manual_seed(5)
+        out, feats = model(x, sfd_times(t), y)
+        (out.square().mean() + feats.square().mean()).backward()
+    for (name, p1), (_, p2) in zip(m.named_parameters(), m2.named_parameters()):
+        if p1.requires_grad:
+            assert p1.grad is not None and p1.grad.abs().max() > 0, name
+            torch.testing.assert_close(p2.grad, p1.grad, rtol=0, atol=1e-7, msg=name)
+
+
+def test_sfd_initialisation():
+    """As SFD initialises its parts: the REPA Linears by the xavier pass (zero bias), both time
+    embedders' Linears N(0, 0.02); the output is still exactly 0."""
+    torch.manual_seed(0)
+    m = LightningDiT(input_size=8, patch_size=1, in_channels=6, hidden_size=256, depth=2, num_heads=2,
+                     use_rope=True, use_rmsnorm=True, use_swiglu=True, semantic_chans=2, semfirst_delta_t=0.3,
+                     use_repa=True, repa_dino_version="dinov2_vitb14_reg", repa_depth=2)
+    for i, (fan_in, fan_out) in zip((0, 2, 4), ((256, 2048), (2048, 2048), (2048, 768))):
+        lin = m.repa_projector[i]
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        assert lin.weight.shape == (fan_out, fan_in) and torch.count_nonzero(lin.bias) == 0
+        assert lin.weight.abs().max() <= bound and lin.weight.abs().max() > 0.9 * bound
+    for emb in (m.t_embedder_sem, m.t_embedder_tex):
+        for lin in (emb.mlp[0], emb.mlp[2]):
+            assert lin.weight.shape[0] == 128 and lin.weight.std().item() == pytest.approx(0.02, rel=0.1)
+    assert not hasattr(m, "t_embedder")
+    x = torch.randn(2, 6, 8, 8)
+    out, feats = m(x, (torch.rand(2), torch.rand(2)), torch.tensor([1, 2]))
+    assert torch.count_nonzero(out) == 0 and feats.shape == (2, 64, 768)
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(use_repa=True, repa_depth=1), "model.repa_dino_version"),
+    (dict(use_repa=True, repa_dino_version="dinov3", repa_depth=1), "'dinov3'"),
+    (dict(use_repa=True, repa_dino_version="dinov2_vitb14_reg"), "model.repa_feat_depth"),
+    (dict(use_repa=True, repa_dino_version="dinov2_vitb14_reg", repa_depth=3), r"in \[1, 2\].*got 3"),
+    (dict(semantic_chans=4), "model.semantic_chans"),
+    (dict(semantic_chans=2, semfirst_delta_t=0.3, hidden_size=33, num_heads=3), "even hidden_size"),
+])
+def test_sfd_bad_arguments_name_the_key(change, match):
+    kw = {**dict(input_size=4, patch_size=1, in_channels=4, hidden_size=32, depth=2, num_heads=2), **change}
+    with pytest.raises(ValueError, match=match):
+        LightningDiT(**kw)
+
+
+@pytest.mark.parametrize("name, without_repa, with_repa", [
+    ("LightningDiT-B/1", 130.3, 137.6), ("LightningDiT-XL/1", 674.6, 682.8), ("LightningDiT-1p0B/1", 1028.3, 1037.2)])
+def test_sfd_parameter_counts(name, without_repa, with_repa):
+    """SFD's released sizes (48 channels, qk-norm, split time embedders), in millions, without and
+    with the REPA projector to DINOv2-B (the counts SFD's model tree implies)."""
+    kw = dict(RELEASED, in_channels=48, use_qknorm=True, semantic_chans=16, semfirst_delta_t=0.3,
+              repa_dino_version="dinov2_vitb14_reg", repa_depth=2)
+    for use_repa, expected in ((False, without_repa), (True, with_repa)):
+        m = meta_model(name, **kw, use_repa=use_repa)
+        assert round(sum(p.numel() for p in m.parameters()) / 1e6, 1) == expected
+
+
+def test_build_model_passes_sfd_keys():
+    """models/build.py: SFD's keys reach the network; a bad combination names the key."""
+    from configs.schema import load_config
+    from models.build import build_model
+
+    tiny_yaml = "configs/tiny/lightningdit_tiny.yaml"
+    sfd = ["model.in_chans=6", "model.semantic_chans=2", "model.semfirst_delta_t=0.3", "model.use_repa=true",
+           "model.repa_dino_version=dinov2_vitb14_reg", "model.repa_feat_depth=2"]
+    m = build_model(load_config(tiny_yaml, sfd))
+    assert m.use_semantic_first and m.repa_depth == 2 and m.repa_projector[-1].out_features == 768
+    assert m.t_embedder_sem.mlp[0].out_features == 32 and m.in_channels == 6
+    with pytest.raises(ValueError, match="model.repa_feat_depth"):
+        build_model(load_config(tiny_yaml, sfd[:-1] + ["model.repa_feat_depth=3"]))  # the tiny model has 2 blocks
+    with pytest.raises(ValueError, match="model.repa_dino_version"):
+        build_model(load_config(tiny_yaml, sfd[:4] + ["model.repa_feat_depth=1"]))

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from models.kernels import select_kernels
 from models.lightningdit import LightningDiT, LightningDiT_models
 from tools.bench.bench_model import PlainLightningDiT, make_loss_fn, matmul_flops_per_step, matmul_peak
 from tools.bench.common import randomize_zero_init, sync
@@ -121,8 +122,8 @@ def bench_training(args, device, peak: float) -> None:
             y = torch.randint(0, 1000 if not args.smoke else 10, (batch,), device=device)
             results = {}
             compiled = device.type == "cuda"  # the smoke mode on CPU runs eager (compilation takes minutes)
-            variants = {"ours": lambda: (copy.deepcopy(base).to(device).compile_blocks(dynamic=False)
-                                         if compiled else copy.deepcopy(base).to(device))}
+            variants = {"ours": lambda: select_kernels(copy.deepcopy(base).to(device).compile_blocks(dynamic=False)
+                                                      if compiled else copy.deepcopy(base).to(device))}
             if not args.no_authors:
                 variants["authors"] = lambda: (compile_authors_way(PlainLightningDiT(base).to(device))
                                                if compiled else PlainLightningDiT(base).to(device))
@@ -217,6 +218,7 @@ def bench_sampling(args, device) -> None:
     model = randomize_zero_init(build_model(ref_cfg, training=False)).to(device).eval()
     if should_compile(ref_cfg, device):
         model.compile_blocks()
+    select_kernels(model)
     decoder = Decoder(ref_cfg, device, random_init=True)
     variants = [("reference", 4, "fp32", False, False, args.ref_images),
                 ("ours_fp32", args.sample_batch, "fp32", True, True, args.sample_images),

@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from einops import rearrange
 
 
-from models.attention import scaled_dot_product_attention
+from models.attention import cpu_attention
+from models.kernels import select_kernels, use_plain_modules
 from models.lightningdit import LightningDiT, LightningDiT_models
 from tools.bench.common import best_time, randomize_zero_init, sync
 from utils.runtime import tune_cpu_allocator
@@ -142,7 +143,7 @@ class PlainLightningDiT(nn.Module):
 
     def __init__(self, model: LightningDiT):
         super().__init__()
-        self.m = copy.deepcopy(model)
+        self.m = use_plain_modules(copy.deepcopy(model))
         self.m.blocks = nn.ModuleList([PlainBlock(b) for b in model.blocks])
         if model.feat_rope is not None:
             self.m.feat_rope = PlainRope(model.feat_rope.freqs_cos, model.feat_rope.freqs_sin)
@@ -191,8 +192,8 @@ def matmul_peak(dtype: torch.dtype, device: torch.device, n: int = 2048, iters: 
 def matmul_only_step_time(model: LightningDiT, batch: int, n_tokens: int, bf16: bool, device: torch.device,
                           iters: int = 3) -> float:
     """Seconds per step that the per-token matmuls alone take: each Linear of a block (fwd + bwd
-    at the model's shapes) and its attention (fwd + bwd through the model's dispatch, RoPE left
-    out), times depth, plus the final linear; each the best of `iters`. The step time if every
+    at the model's shapes) and its attention (fwd + bwd through the CPU kernels' dispatch, RoPE
+    left out), times depth, plus the final linear; each the best of `iters`. The step time if every
     other op (elementwise, optimizer, Python) were free, so flops / this / peak bounds the MFU."""
     ctx = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
     blk = model.blocks[0]
@@ -214,7 +215,7 @@ def matmul_only_step_time(model: LightningDiT, batch: int, n_tokens: int, bf16: 
 
     def attention_step():
         with ctx:
-            out = scaled_dot_product_attention(q, k, v)
+            out = cpu_attention(q, k, v)
         out.backward(torch.ones_like(out))
 
     per_block = sum(best_time(linear_step(lin), device, iters) for lin in linears)
@@ -309,7 +310,7 @@ def main(argv: Optional[List[str]] = None) -> Dict:
     else:
         model = LightningDiT(input_size=args.input_size, patch_size=args.patch, in_channels=args.in_channels,
                              hidden_size=args.hidden, depth=args.depth, num_heads=args.heads, **flags)
-    randomize_zero_init(model).to(device).train()
+    select_kernels(randomize_zero_init(model).to(device).train())  # CPU kernels on the CPU, as training runs
     n_tokens = model.x_embedder.num_patches
     flops = matmul_flops_per_step(model, args.batch, n_tokens)
     loss_fn, loss_name = make_loss_fn()
@@ -333,7 +334,8 @@ def main(argv: Optional[List[str]] = None) -> Dict:
         if baseline is not None:
             variants["baseline"] = Runner(copy.deepcopy(baseline), loss_fn, x, y, bf16, device, args.optimizer)
         if args.compile:
-            variants["ours_compiled"] = Runner(copy.deepcopy(model).compile_blocks(), loss_fn, x, y, bf16, device, args.optimizer)
+            compiled = select_kernels(copy.deepcopy(model).compile_blocks())
+            variants["ours_compiled"] = Runner(compiled, loss_fn, x, y, bf16, device, args.optimizer)
         for r in variants.values():
             for _ in range(args.warmup):
                 r.step(record=False)

@@ -21,6 +21,7 @@ from configs.schema import load_config
 from sampling import LatentSampler
 from datasets.order import sample_labels, sample_noise
 from models.build import build_model
+from models.kernels import select_kernels
 
 
 def main() -> None:
@@ -41,7 +42,7 @@ def main() -> None:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.02 * torch.randn_like(p))
-    model = model.to(device).eval()
+    model = select_kernels(model.to(device).eval())  # CPU kernels on the CPU, plain modules on CUDA
     z = sample_noise(range(args.batch), (32, 16, 16), 0).to(device)
     y = sample_labels(range(args.batch), 1000, 0).to(device)
     result = {}

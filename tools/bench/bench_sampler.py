@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 def build_model(args, device):
     try:
+        from models.kernels import select_kernels
         from models.lightningdit import LightningDiT
     except ImportError as e:  # pragma: no cover - the bench needs the real network
         raise SystemExit(f"bench_sampler needs models/lightningdit.py importable: {e}")
@@ -38,7 +39,7 @@ def build_model(args, device):
     model = LightningDiT(input_size=args.latent_size, patch_size=args.patch_size, in_channels=args.channels,
                          hidden_size=args.hidden, depth=args.depth, num_heads=args.heads,
                          num_classes=args.num_classes, use_swiglu=True, use_rope=True, use_rmsnorm=True)
-    return randomize_zero_init(model).eval().to(device)
+    return select_kernels(randomize_zero_init(model).eval().to(device))  # CPU kernels on the CPU
 
 
 def main():

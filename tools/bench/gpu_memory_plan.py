@@ -3,9 +3,10 @@
 Computed, not measured on a GPU: parameter counts from the model, 20 bytes per parameter for the
 recipe's state (fp32 weights 4 + grads 4 + AdamW moments 8 + EMA 4) plus the bf16 weight copies
 autocast makes (2), and the activations autograd saves per image, counted on CPU with saved-tensor
-hooks on the plain (CUDA) kernel path under bf16 autocast, eager (torch.compile fuses elementwise
-chains and saves less: an upper bound). With `model.use_checkpoint` only each block's input is
-kept (fp32, 4 bytes x D per token) plus one block's activations during its recomputation.
+hooks on the plain modules (what CUDA runs, models/kernels.py) under bf16 autocast, eager
+(torch.compile fuses elementwise chains and saves less: an upper bound). With
+`model.use_checkpoint` only each block's input is kept (fp32, 4 bytes x D per token) plus one
+block's activations during its recomputation.
 A fixed allowance covers the CUDA context, allocator fragmentation and workspaces. The blocks
 are identical, so activations are counted on 1- and 2-block models of the model's width and
 extrapolated to its depth (a few seconds and ~1 GB of RAM instead of the full model's).
@@ -20,7 +21,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from models.kernels import PLAIN, forced_kernel_path
+from models.kernels import use_plain_modules
 from models.lightningdit import LightningDiT, LightningDiT_models
 
 GPU_GB = (24, 40, 80, 141)
@@ -30,7 +31,8 @@ OVERHEAD_GB = 3.0  # CUDA context, allocator fragmentation, cuBLAS / attention w
 
 def saved_activation_bytes(model: torch.nn.Module, x, t, y) -> int:
     """Bytes of the distinct tensors autograd saves for backward in one forward (bf16 autocast,
-    plain kernel path), parameters and their casts excluded."""
+    the plain modules as on CUDA: `model` is switched to them), parameters and their casts excluded."""
+    use_plain_modules(model)
     param_ptrs = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: Dict[int, int] = {}
 
@@ -41,7 +43,7 @@ def saved_activation_bytes(model: torch.nn.Module, x, t, y) -> int:
             seen[ptr] = storage.nbytes()  # batch-sized: an activation (weights and their casts are not)
         return tensor
 
-    with forced_kernel_path(PLAIN), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             model(x, t, y)
     return sum(seen.values())
