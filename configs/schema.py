@@ -23,6 +23,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from datasets.order import LABEL_MODES
 from models.lightningdit import LightningDiT_models
+from sampling.guidance import parse_cfg_channels
 from transport import LOSS_WEIGHTS, PATH_TYPES, PREDICTIONS
 from transport.integrators import LAST_STEPS, ODE_METHODS, SDE_METHODS
 from transport.path import DIFFUSION_FORMS
@@ -241,10 +242,10 @@ def _validate(cfg: DictConfig, source: str) -> None:
     if cfg.sample.sampling_method not in methods:
         raise ValueError(f"{source}: bad value for 'sample.sampling_method': {cfg.sample.sampling_method!r} "
                          f"(sample.mode={cfg.sample.mode} expects one of {tuple(methods)})")
-    channels = cfg.sample.cfg_channels
-    if channels != "all" and not (channels.isdigit() and int(channels) > 0):
-        raise ValueError(f"{source}: bad value for 'sample.cfg_channels': {channels!r} "
-                         "(expected a positive integer or 'all')")
+    try:
+        parse_cfg_channels(cfg.sample.cfg_channels)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
     if cfg.model.semantic_chans >= cfg.model.in_chans:
         raise ValueError(f"{source}: bad value for 'model.semantic_chans': {cfg.model.semantic_chans} "
                          f"(must be below model.in_chans = {cfg.model.in_chans})")
@@ -331,8 +332,7 @@ def _first_line(text: str) -> str:
 
 def cfg_channels_value(cfg: DictConfig) -> Optional[int]:
     """`sample.cfg_channels` as the model expects it: an int, or None for all channels."""
-    channels = cfg.sample.cfg_channels
-    return None if channels == "all" else int(channels)
+    return parse_cfg_channels(cfg.sample.cfg_channels)
 
 
 def _load_yaml(path: str) -> DictConfig:
