@@ -1,4 +1,4 @@
-"""Sample folders bind to their inputs by content (inference.py protocol.json): a resumed FID run
+"""Sample folders bind to their inputs by content (sampling/protocol.py: protocol.json): a resumed FID run
 whose checkpoint weights, tokenizer weights or latent stats changed stops, naming what changed,
 even when the file keeps its path and byte size; the same weights in another file format resume.
 Tiny random LightningDiT and tokenizer on CPU."""
@@ -12,6 +12,7 @@ import torch
 
 import inference
 from configs.schema import load_config
+from sampling.protocol import check_protocol
 from datasets.tiny_latents import write_tiny_latents
 from models.build import build_model
 from training.rundir import LOCK_NAME
@@ -113,9 +114,9 @@ def test_changed_tokenizer_weights_are_refused(run):
     old = {**new, "vae_sha256": "0" * 64}
     path.write_text(json.dumps(old))
     with pytest.raises(ValueError, match="tokenizer weights"):
-        inference.check_protocol(path, new)
+        check_protocol(path, new)
     path.write_text(json.dumps({k: v for k, v in new.items() if not k.endswith("_sha256")}))
-    inference.check_protocol(path, new)  # a folder from before content hashes: warned, not refused
+    check_protocol(path, new)  # a folder from before content hashes: warned, not refused
     path.write_text(json.dumps(new))
 
 
