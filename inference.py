@@ -14,10 +14,16 @@ on GPU) by default, as the reference; `sample.precision=bf16` autocasts the netw
 
 Ours: the noise and label of image i depend only on (train.global_seed, i), so a restarted run
 writes only the missing images and ends with the same set as an uninterrupted one; exactly
-`sample.fid_num` images are written; `sample.label_mode=balanced` gives fid_num / num_classes
-images per class; outside the guidance interval the unconditional half is skipped
-(`sample.skip_uncond_outside_interval`, same samples up to float rounding); `protocol.json` in
-the folder records every setting an FID depends on (a resumed run must match it).
+`sample.fid_num` images are written; `sample.label_mode=balanced` (or SFD's
+`sample.balanced_sampling`) gives fid_num / num_classes images per class; outside the guidance
+interval the unconditional half is skipped (`sample.skip_uncond_outside_interval`, same samples
+up to float rounding); `protocol.json` in the folder records every setting and input an FID
+depends on (a resumed run must match it). With `sample.autoguidance` the guide network of
+`sample.autoguidance_config` replaces the unconditional half (SFD's AutoGuidance).
+
+This file is the command line only: the networks (sampling/networks.py), the guided sampler
+(sampling/pipeline.py, sampling/guidance.py), the protocol and folder (sampling/protocol.py) and
+the batch loop (sampling/loop.py) are library code shared with evaluation during training.
 
 Demo mode (`--demo`): rank 0 samples the reference's classes [975, 3, 207, 387, 388, 88, 979, 279]
 with the reference's overrides (cfg 9.0, no interval, no shift; logged, not silent) into a 2x4
