@@ -13,11 +13,10 @@
 from typing import Optional
 
 from .ddpm import GaussianDiffusion, create_ddpm
-from .guidance import GuidedVelocity, make_guided_sampler
 from .transport import ModelType, PathType, Sampler, Transport, WeightType
 
 __all__ = ["create_transport", "build_transport", "Sampler", "Transport", "ModelType", "PathType", "WeightType",
-           "GuidedVelocity", "make_guided_sampler", "PATH_TYPES", "PREDICTIONS", "LOSS_WEIGHTS"]
+           "PATH_TYPES", "PREDICTIONS", "LOSS_WEIGHTS"]
 
 # Config string -> enum: the registries behind `transport.path_type`, `transport.prediction` and
 # `transport.loss_weight` (configs/schema.py validates against these dicts).
