@@ -50,10 +50,10 @@ class LatentSampler:
         if cfg.transport.objective == "ddpm":
             # DiT's ancestral chain respaced to num_sampling_steps; mode, method, shift and the
             # CFG interval are flow-sampler settings and do not apply.
-            self.ddpm = DDPMSampler(build_transport(cfg), s.num_sampling_steps, cfg_scale=self.cfg_scale,
-                                    cfg_channels=self.cfg_channels, null_class=self.null_class)
+            self.ddpm = DDPMSampler(build_transport(cfg), s.num_sampling_steps)
             return
         sampler = Sampler(build_transport(cfg))
+        self.schedule = sampler.schedule
         skip = s.skip_uncond_outside_interval if skip_uncond is None else skip_uncond
         if s.mode == "ODE":
             self.ode = sampler.sample_ode(s.sampling_method, s.num_sampling_steps, s.atol, s.rtol,
@@ -71,7 +71,9 @@ class LatentSampler:
     def __call__(self, z: torch.Tensor, y: torch.Tensor, sde_seed: int = 0) -> torch.Tensor:
         n, guided = z.shape[0], self.cfg_scale > 1.0
         if self.ddpm is not None:  # per-step noise seeded by sde_seed, as the SDE sampler
-            return self.ddpm(z, self.model, y, generator=torch.Generator(device=z.device).manual_seed(sde_seed))
+            return self.ddpm(z, self._ddpm_denoiser(y), generator=torch.Generator(device=z.device).manual_seed(sde_seed))
+        forward = self.model.forward
+        times = self.schedule.times_at
         if self.mode == "ODE":
             if guided:
                 out = self.guided(z, self.model, y, self.cfg_scale, cfg_interval=self.interval,
@@ -80,17 +82,36 @@ class LatentSampler:
                 self.num_calls += self.guided.num_calls
                 self.num_cond_only += self.guided.num_cond_only
                 return out
-            return self.ode(z, self.model.forward, y=y)[-1]
+            return self.ode(z, lambda x, s: forward(x, times(s, n, x.device), y))[-1]
         # SDE (ours; the reference raises NotImplementedError): reference-style doubled batch.
         g = torch.Generator(device=z.device).manual_seed(sde_seed)
         fn = self.sampler.sample_sde(**self.sde_kwargs, generator=g)
         if not guided:
-            return fn(z, self.model.forward, y=y)[-1]
+            return fn(z, lambda x, s: forward(x, times(s, n, x.device), y))[-1]
         y2 = torch.cat([y, torch.full_like(y, self.null_class)])
-        out = fn(torch.cat([z, z]), self.model.forward_with_cfg, y=y2, cfg_scale=self.cfg_scale,
-                 cfg_interval=self.interval, cfg_interval_start=self.interval_start,
-                 cfg_channels=self.cfg_channels)[-1]
+        out = fn(torch.cat([z, z]), lambda x, s: self.model.forward_with_cfg(
+            x, times(s, 2 * n, x.device), y2, cfg_scale=self.cfg_scale, cfg_interval=self.interval,
+            cfg_interval_start=self.interval_start, cfg_channels=self.cfg_channels))[-1]
         return out[:n]
+
+    def _ddpm_denoiser(self, y: torch.Tensor):
+        """denoiser(x, i) for DDPMSampler: DiT's forward_with_cfg convention (one pass on [x; x]
+        with labels [y; null], the first cfg_channels eps channels guided)."""
+        model, ddpm, scale = self.model, self.ddpm, self.cfg_scale
+        kwargs = {"return_sigma": True} if ddpm.learn_sigma else {}
+
+        def denoiser(x: torch.Tensor, i: int) -> torch.Tensor:
+            n = x.shape[0]
+            t = torch.full((n,), ddpm.timestep_map[i], dtype=torch.long, device=x.device)
+            if scale <= 1.0:
+                return model(x, t, y, **kwargs)
+            k = x.shape[1] if self.cfg_channels is None else self.cfg_channels
+            out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, self.null_class)]),
+                        **kwargs)
+            cond, uncond = out[:n], out[n:]
+            return torch.cat([uncond[:, :k] + scale * (cond[:, :k] - uncond[:, :k]), cond[:, k:]], dim=1)
+
+        return denoiser
 
 
 class Decoder:

@@ -146,7 +146,7 @@ class GuidedSampler:
                                   cfg_interval=cfg_interval, cfg_interval_start=cfg_interval_start,
                                   cfg_channels=cfg_channels, schedule=schedule, times=times,
                                   skip_uncond=self.skip_uncond)
-        trajectory = self.ode(z, velocity)
+        trajectory = self.ode(z, lambda x, s: velocity(x, torch.full((x.shape[0],), s, device=x.device)))
         self.num_calls, self.num_cond_only = velocity.num_calls, velocity.num_cond_only
         return trajectory
 

@@ -14,7 +14,7 @@ def reference_cfg(sampler_fn, z, model, y, null, **cfg):
     """The reference path (docs/reference_behaviour.md §7.1): doubled batch through forward_with_cfg, first half kept."""
     z2 = torch.cat([z, z])
     y2 = torch.cat([y, torch.full_like(y, null)])
-    return sampler_fn(z2, model.forward_with_cfg, y=y2, **cfg)[:, : len(z)]
+    return sampler_fn(z2, lambda x, s: model.forward_with_cfg(x, torch.full((len(x),), s), y2, **cfg))[:, : len(z)]
 
 
 def test_released_setting_skips_73_of_249():
