@@ -24,7 +24,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from datasets.order import LABEL_MODES
 from models.lightningdit import LightningDiT_models
 from sampling.guidance import parse_cfg_channels
-from transport import LOSS_WEIGHTS, PATH_TYPES, PREDICTIONS
+from transport import LOSS_WEIGHTS, PATH_TYPES, PREDICTIONS, REPA_MODES
 from transport.integrators import LAST_STEPS, ODE_METHODS, SDE_METHODS
 from transport.path import DIFFUSION_FORMS
 
@@ -157,11 +157,17 @@ class TransportConfig:
     # respaced to sample.num_sampling_steps; the path/prediction/eps/lognorm keys are unused)
     objective: str = "rectified_flow"
     diffusion_steps: int = 1000                  # ours: DDPM chain length T (objective ddpm)
+    # ours (SFD, model.semfirst_delta_t > 0): leave out of the MSE the channels of a group whose time
+    # is clipped (texture before delta, semantics after 1: the channels the sampler freezes), counting
+    # them as 0 in the mean over C H W; false = SFD, which trains them (docs/reference_behaviour.md §12.3.2)
+    mask_clipped_phases: bool = False
 
 
 @dataclass
 class SampleConfig:
     mode: str = "ODE"                            # ODE | SDE (ours: SDE works)
+    # ODE: any torchdiffeq method (euler, heun2, dopri5, ...) or ours, euler_phase / heun2_phase
+    # (fixed grid with nodes on SFD's phase boundaries, docs/reference_behaviour.md §12.4.2); SDE: Euler | Heun
     sampling_method: str = "euler"
     atol: float = 1e-6
     rtol: float = 1e-3
@@ -205,7 +211,6 @@ class LightningDiTConfig:
 
 
 REPORT_TO = ("tensorboard", "wandb", "all", "none")  # train.report_to
-REPA_MODES = ("cos", "mse", "cos_mse")                 # model.repa_mode (SFD)
 INTERVAL_MODES = ("tex", "sem", "both")                # model.semfirst_infer_interval_mode (SFD)
 
 SAMPLING_METHODS = {"ODE": ODE_METHODS, "SDE": SDE_METHODS}   # sample.mode -> sample.sampling_method

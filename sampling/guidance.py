@@ -162,8 +162,7 @@ class FlowTimes:
         self.schedule = schedule
 
     def network(self, s: float, rows: int, device: torch.device):
-        tau = torch.full((rows,), s, dtype=torch.float32, device=device)
-        return self.schedule.model_times(self.schedule.group_times(tau))
+        return self.schedule.times_at(s, rows, device)
 
     def below(self, s: float, start: float) -> Tuple[bool, ...]:
         """Per group: its time at s is below `start`, compared in float32 as the reference's

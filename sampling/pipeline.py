@@ -32,8 +32,8 @@ def tokenizer_config_path(cfg) -> Path:
 
 
 def time_schedule(transport, cfg) -> TimeSchedule:
-    """The channel groups the sampler integrates (one group for DDPM's chain)."""
-    return getattr(transport, "schedule", None) or TimeSchedule.single(cfg.model.in_chans)
+    """The channel groups the sampler integrates (the transport's; one group for DDPM's chain)."""
+    return transport.schedule if cfg.transport.objective != "ddpm" else TimeSchedule.single(cfg.model.in_chans)
 
 
 def check_sampling_settings(cfg) -> None:
@@ -82,8 +82,8 @@ class LatentSampler:
             # DiT's ancestral chain respaced to num_sampling_steps; method, shift and the CFG
             # interval are flow-sampler settings (the interval is logged as not applying).
             self.chain = DDPMSampler(transport, s.num_sampling_steps)
-            self.times = DDPMTimes(self.chain.diffusion.timestep_map)
-            if transport.learn_sigma:
+            self.times = DDPMTimes(self.chain.timestep_map)
+            if self.chain.learn_sigma:
                 self.net = _with_sigma(model)
                 self.guide = _with_sigma(self.guide) if self.guide is not None else None
         else:
@@ -108,15 +108,15 @@ class LatentSampler:
         from a generator seeded with `sde_seed` (on z's device)."""
         denoiser = self.denoiser(y)
         if self.mode == "ODE":
-            out = _legacy_ode(self.ode, z, denoiser)[-1]
+            out = self.ode(z, denoiser)[-1]
         else:
             generator = torch.Generator(device=z.device).manual_seed(sde_seed)
             if self.mode == "DDPM":
-                out = _legacy_ddpm(self.chain, z, denoiser, generator)
+                out = self.chain(z, denoiser, generator=generator)
             elif self.guidance.kind == "cfg":
                 out = self._sde_doubled_noise(z, denoiser, generator)
             else:
-                out = _legacy_ode(self.sde(generator), z, denoiser)[-1]
+                out = self.sde(generator)(z, denoiser)[-1]
         self.num_calls += denoiser.calls
         self.num_cond_only += denoiser.cond_only
         return out
@@ -131,23 +131,12 @@ class LatentSampler:
             out = denoiser(x[:n], s)
             return torch.cat([out, out])
 
-        return _legacy_ode(self.sde(generator), torch.cat([z, z]), doubled)[-1][:n]
+        return self.sde(generator)(torch.cat([z, z]), doubled)[-1][:n]
 
 
 def _with_sigma(net):
     """DDPM with a learned variance: the network returns [eps; v] (return_sigma)."""
     return lambda x, t, y: net(x, t, y, return_sigma=True)
-
-
-# TEMPORARY shims for the samplers' old calling convention (model(x, t) / DDPM's model(x, t, y)),
-# until transport's fn(x, denoiser) lands; the host read of t[0] is a sync, acceptable on CPU only.
-def _legacy_ode(fn, z, denoiser):
-    return fn(z, lambda x, t: denoiser(x, float(t[0])))
-
-
-def _legacy_ddpm(chain, z, denoiser, generator):
-    index = {t: i for i, t in enumerate(denoiser.times.timestep_map)}
-    return chain(z, lambda x, t, y, **kw: denoiser(x, index[int(t[0])]), denoiser.y, generator=generator)
 
 
 class Decoder:

@@ -302,7 +302,7 @@ def test_transport_and_sampler_defaults_are_the_schema_defaults():
     tr, s = TransportConfig(), SampleConfig()
     assert {k: v for k, v in signature_defaults(create_transport).items() if hasattr(tr, k)} == {
         k: getattr(tr, k) for k in ("path_type", "prediction", "loss_weight", "train_eps", "sample_eps",
-                                    "use_cosine_loss", "use_lognorm", "lognorm_until_step")}
+                                    "use_cosine_loss", "use_lognorm", "lognorm_until_step", "mask_clipped_phases")}
     sde = signature_defaults(Sampler.sample_sde)
     assert (sde["sampling_method"] in SDE_METHODS and sde["num_steps"] == s.num_sampling_steps
             and (sde["diffusion_form"], sde["diffusion_norm"], sde["last_step"], sde["last_step_size"])
