@@ -38,12 +38,17 @@ def time_schedule(transport, cfg) -> TimeSchedule:
 
 def check_sampling_settings(cfg) -> None:
     """What cannot apply is refused rather than ignored (one-line ValueError): `sample.reverse`
-    (data -> noise) outside the ODE sampler, and the guidance settings `Guidance.from_config`
-    refuses."""
-    if cfg.sample.reverse and (cfg.transport.objective == "ddpm" or cfg.sample.mode != "ODE"):
-        sampler = "DDPM's ancestral chain" if cfg.transport.objective == "ddpm" else "the SDE sampler"
+    (data -> noise) outside the ODE sampler, the guidance settings `Guidance.from_config`
+    refuses, and what the SDE sampler refuses."""
+    s, ddpm = cfg.sample, cfg.transport.objective == "ddpm"
+    if s.reverse and (ddpm or s.mode != "ODE"):
+        sampler = "DDPM's ancestral chain" if ddpm else "the SDE sampler"
         raise ValueError(f"sample.reverse=true: {sampler} runs noise -> data only (reverse needs sample.mode=ODE)")
-    Guidance.from_config(cfg, time_schedule(build_transport(cfg), cfg))
+    transport = build_transport(cfg)
+    Guidance.from_config(cfg, time_schedule(transport, cfg))
+    if s.mode == "SDE" and not ddpm:  # what the SDE cannot sample (e.g. SFD's schedule), before any network
+        Sampler(transport).sample_sde(s.sampling_method, s.diffusion_form, s.diffusion_norm, s.last_step,
+                                      s.last_step_size, s.num_sampling_steps)
 
 
 class LatentSampler:

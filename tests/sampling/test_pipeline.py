@@ -110,3 +110,62 @@ def test_latent_sampler_uses_the_transports_time_schedule(one_thread):
     sampler = LatentSampler(cfg, model)
     assert isinstance(sampler.times, FlowTimes) and sampler.times.schedule == TimeSchedule.single(4)
     assert sampler.guidance.kind == "cfg" and sampler.guidance.parts == (slice(0, 3),)
+
+
+class SFDStandIn(torch.nn.Module):
+    """A two-time network for SFD's schedule (texture 3 + semantics 2 channels): called with
+    (t_tex, t_sem); has the label table LatentSampler checks for the null class."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.mix = torch.nn.Parameter(torch.randn(5, 5, generator=g) * 0.4)
+        self.y_embedder = torch.nn.Module()
+        self.y_embedder.embedding_table = torch.nn.Embedding(11, 5)
+        with torch.no_grad():
+            self.y_embedder.embedding_table.weight.copy_(torch.randn(11, 5, generator=g))
+
+    def forward(self, x, t, y):
+        t_tex, t_sem = t
+        times = torch.cat([t_tex[:, None].expand(-1, 3), t_sem[:, None].expand(-1, 2)], 1)[:, :, None, None]
+        h = torch.einsum("dc,nc...->nd...", self.mix, torch.tanh(x))
+        return h * (1 + times) + self.y_embedder.embedding_table(y)[:, :, None, None] * times
+
+
+@pytest.mark.parametrize("kind", ["cfg", "auto"])
+def test_sfd_sampling_equals_a_direct_statement(kind):
+    """Euler over tau in [0, 1 + delta] with SFD's phase masks and per-part guidance (spec §4.1-4.2
+    written out here) equals LatentSampler on the same stand-in networks."""
+    cfg = load_config(CONFIG, ["model.in_chans=5", "model.semantic_chans=2", "model.semfirst_delta_t=0.3",
+                               "sample.num_sampling_steps=14", "sample.timestep_shift=0.0", "sample.cfg_scale=2.5",
+                               "sample.cfg_scale_sem=1.5", "sample.cfg_interval_start=0.2",
+                               f"sample.autoguidance={kind == 'auto'}"])
+    net, guide = SFDStandIn(0), SFDStandIn(1)
+    z, y = torch.randn(2, 5, 2, 2, generator=torch.Generator().manual_seed(0)), torch.tensor([3, 7])
+    sampler = LatentSampler(cfg, net, guide=guide if kind == "auto" else None)
+    with torch.no_grad():
+        out = sampler(z, y)
+        x = z
+        grid = torch.linspace(0, 1.3, 14)
+        for tau, nxt in zip(grid[:-1].tolist(), grid[1:].tolist()):
+            t32 = torch.tensor(tau, dtype=torch.float32)
+            t_tex, t_sem = (t32 - 0.3).clamp(min=0.0), t32.clamp(max=1.0)
+            t = (t_tex.expand(2), t_sem.expand(2))
+            if kind == "cfg":
+                both = net(torch.cat([x, x]), (t_tex.expand(4), t_sem.expand(4)), torch.tensor([3, 7, 10, 10]))
+                main, ref = both[:2], both[2:]
+            else:
+                main, ref = net(x, t, y), guide(x, t, y)
+            tex = main[:, :3] if t_tex < 0.2 else ref[:, :3] + 2.5 * (main[:, :3] - ref[:, :3])
+            sem = main[:, 3:] if t_sem < 0.2 else ref[:, 3:] + 1.5 * (main[:, 3:] - ref[:, 3:])
+            mask = torch.tensor([float(tau >= 0.3)] * 3 + [float(tau <= 1.0)] * 2).reshape(1, 5, 1, 1)
+            x = x + (nxt - tau) * torch.cat([tex, sem], 1) * mask
+    torch.testing.assert_close(out, x, rtol=1e-5, atol=1e-5)
+    assert sampler.num_cond_only == 3  # tau = 0, 0.1, 0.2: both parts below the start
+
+
+def test_sfd_with_the_sde_is_refused_at_the_door():
+    cfg = load_config(CONFIG, ["model.in_chans=5", "model.semantic_chans=2", "model.semfirst_delta_t=0.3",
+                               "sample.mode=SDE", "sample.sampling_method=Euler"])
+    with pytest.raises(ValueError, match="sample.mode=SDE needs one time for every channel group"):
+        check_sampling_settings(cfg)
