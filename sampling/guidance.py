@@ -8,7 +8,7 @@ the respaced step index (an int) for DDPM's chain. It returns the raw network ou
 - classifier-free guidance (CFG): ONE network call on the doubled batch [x; x] with labels
   [y; null], exactly as the authors' `forward_with_cfg` runs it (docs/reference_behaviour.md
   §1.10), then per guided part `uncond + w (cond - uncond)`; every other channel is conditional;
-- AutoGuidance (SFD, docs/reference_behaviour.md SFD part §4.2): the main network and a weaker
+- AutoGuidance (SFD, docs/reference_behaviour.md §12.4.3): the main network and a weaker
   guide network of the same latent space, both called with the TRUE labels, then per part
   `guide + w (main - guide)`; every other channel comes from the main network.
 

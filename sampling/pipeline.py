@@ -86,21 +86,27 @@ class LatentSampler:
         if self.mode == "DDPM":
             # DiT's ancestral chain respaced to num_sampling_steps; method, shift and the CFG
             # interval are flow-sampler settings (the interval is logged as not applying).
-            self.chain = DDPMSampler(transport, s.num_sampling_steps)
-            self.times = DDPMTimes(self.chain.timestep_map)
-            if self.chain.learn_sigma:
+            chain = DDPMSampler(transport, s.num_sampling_steps)
+            self.times = DDPMTimes(chain.timestep_map)
+            if chain.learn_sigma:
                 self.net = _with_sigma(model)
                 self.guide = _with_sigma(self.guide) if self.guide is not None else None
+            self.integrate = lambda z, denoiser, generator: chain(z, denoiser, generator=generator)
         else:
             self.times = FlowTimes(schedule)
             sampler = Sampler(transport)
             if self.mode == "ODE":
-                self.ode = sampler.sample_ode(s.sampling_method, s.num_sampling_steps, s.atol, s.rtol, s.reverse,
-                                              s.timestep_shift if shift is None else shift)
+                ode = sampler.sample_ode(s.sampling_method, s.num_sampling_steps, s.atol, s.rtol, s.reverse,
+                                         s.timestep_shift if shift is None else shift)
+                self.integrate = lambda z, denoiser, generator: ode(z, denoiser)[-1]
             else:
-                self.sde = lambda generator: sampler.sample_sde(
-                    s.sampling_method, s.diffusion_form, s.diffusion_norm, s.last_step, s.last_step_size,
-                    s.num_sampling_steps, generator=generator)
+                def sde(z, denoiser, generator):
+                    fn = sampler.sample_sde(s.sampling_method, s.diffusion_form, s.diffusion_norm, s.last_step,
+                                            s.last_step_size, s.num_sampling_steps, generator=generator)
+                    if self.guidance.kind == "cfg":
+                        return _doubled_noise(fn, z, denoiser)
+                    return fn(z, denoiser)[-1]
+                self.integrate = sde
         self.num_calls = self.num_cond_only = 0
 
     def denoiser(self, y: torch.Tensor) -> Denoiser:
@@ -112,31 +118,23 @@ class LatentSampler:
         """Latents (n, C, H, W) from noise z and labels y; the SDE's and DDPM's per-step noise comes
         from a generator seeded with `sde_seed` (on z's device)."""
         denoiser = self.denoiser(y)
-        if self.mode == "ODE":
-            out = self.ode(z, denoiser)[-1]
-        else:
-            generator = torch.Generator(device=z.device).manual_seed(sde_seed)
-            if self.mode == "DDPM":
-                out = self.chain(z, denoiser, generator=generator)
-            elif self.guidance.kind == "cfg":
-                out = self._sde_doubled_noise(z, denoiser, generator)
-            else:
-                out = self.sde(generator)(z, denoiser)[-1]
+        out = self.integrate(z, denoiser, torch.Generator(device=z.device).manual_seed(sde_seed))
         self.num_calls += denoiser.calls
         self.num_cond_only += denoiser.cond_only
         return out
 
-    def _sde_doubled_noise(self, z, denoiser, generator):
-        """The SDE under CFG integrates [z; z] and keeps the first half, so it draws its noise for
-        2n rows as it did when the guided network ran on the doubled state: the same samples for a
-        seed as before. The denoiser still runs once per evaluation on the first half."""
-        n = z.shape[0]
 
-        def doubled(x, s):
-            out = denoiser(x[:n], s)
-            return torch.cat([out, out])
+def _doubled_noise(sde, z: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
+    """The SDE under CFG integrates [z; z] and keeps the first half, so it draws its noise for 2n
+    rows as it did when the guided network ran on the doubled state: the same samples for a seed
+    as before. The denoiser still runs once per evaluation, on the first half."""
+    n = z.shape[0]
 
-        return self.sde(generator)(torch.cat([z, z]), doubled)[-1][:n]
+    def doubled(x, s):
+        out = denoiser(x[:n], s)
+        return torch.cat([out, out])
+
+    return sde(torch.cat([z, z]), doubled)[-1][:n]
 
 
 def _with_sigma(net):

@@ -368,3 +368,21 @@ def test_denoiser_needs_what_its_guidance_uses():
         Denoiser(lambda *a: None, torch.tensor([1]), FlowTimes(TimeSchedule.single(4)),
                  Guidance.from_config(config("sample.cfg_scale=2.0", "sample.autoguidance=true"),
                                       TimeSchedule.single(4)))
+
+
+def test_decisions_read_no_device_value():
+    """Every guidance decision comes from the host time: the denoiser runs on meta tensors, which
+    have no values to read (a `bool(t[0] < start)` on the device tensor would raise)."""
+    meta = torch.device("meta")
+    net = torch.nn.Conv2d(4, 4, 1).to(meta)
+
+    def network(x, t, y):
+        return net(x) * t[:, None, None, None]
+
+    x, y = torch.empty(2, 4, 3, 3, device=meta), torch.empty(2, dtype=torch.long, device=meta)
+    for skip in (True, False):
+        guidance = Guidance.from_config(config("sample.cfg_scale=3.0", "sample.cfg_interval_start=0.5"),
+                                        TimeSchedule.single(4), skip_uncond=skip)
+        denoiser = Denoiser(network, y, FlowTimes(TimeSchedule.single(4)), guidance, null_class=NULL)
+        assert denoiser(x, 0.2).shape == (2, 4, 3, 3) and denoiser(x, 0.7).device == meta
+        assert denoiser.cond_only == (1 if skip else 0)
