@@ -80,7 +80,8 @@ def main():
     z2, y2 = torch.cat([z, z]), torch.cat([y, torch.full_like(y, args.num_classes)])
 
     def run_reference():
-        return reference_fn(z2, model.forward_with_cfg, y=y2, cfg_scale=args.cfg_scale, **cfg)[-1][:n]
+        return reference_fn(z2, lambda x, s: model.forward_with_cfg(x, torch.full((2 * n,), s, device=device), y2,
+                                                                    cfg_scale=args.cfg_scale, **cfg))[-1][:n]
 
     def run_skip():
         return skip_fn(z, model, y, args.cfg_scale, null_class=args.num_classes, **cfg)[-1]
