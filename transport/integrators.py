@@ -93,7 +93,7 @@ def ode_solve(drift: Drift, x: Tensor, t_grid: Tensor, *, method: str = "dopri5"
     times, (N, B, ...); [-1] is the final state.
     """
     def fn(t, x):
-        return drift(x, float(t))
+        return drift(x, float(t.detach()))  # the step control may carry autograd history
 
     return odeint(fn, x, t_grid.to(x.device), method=method, atol=atol, rtol=rtol)
 
@@ -176,7 +176,7 @@ def likelihood_solve(velocity: Drift, x: Tensor, t_grid: Tensor, *, method: str 
         x_t, _ = state
         with torch.enable_grad():
             x_t = x_t.detach().requires_grad_(True)
-            v = velocity(x_t, float(t))
+            v = velocity(x_t, float(t.detach()))
             if probe is None:
                 div = _divergence_exact(v, x_t)
             else:
