@@ -147,3 +147,24 @@ def test_folder_name_of_released_config():
     assert folder_name(settings(cfg)) == ("lightningdit-xl-1-ckpt-lightningdit-xl-imagenet256-800ep-euler-250"
                                        "-interval0.12-cfg6.70-shift0.30")
     assert DEMO_LABELS == (975, 3, 207, 387, 388, 88, 979, 279)
+
+
+@pytest.mark.slow  # two launched processes (about 20 s of CPU)
+def test_two_processes_write_the_same_images(setup, fid_run):
+    """World-size invariance of the sampling loop: 2 processes (gloo, CPU) split the indices
+    differently but write the images of one process."""
+    import os
+    import subprocess
+    import sys
+    folder, pngs = fid_run
+    launcher = ["bash", "-c", f'source "{REPO}/tools/launch.sh"; launch "$@"', "launch", str(REPO / "inference.py")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), GPUS_PER_NODE="2", MASTER_PORT="29571")
+    proc = subprocess.run(launcher + setup["args"] + ["train.exp_name=two"], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    two = setup["root"] / "out" / "two" / folder.name
+    assert json.loads((two / "protocol.json").read_text())["world_size"] == 2
+    for name in pngs:
+        a, b = (np.asarray(Image.open(f / name)).astype(int) for f in (folder, two))
+        assert np.abs(a - b).max() <= 1, name
+    assert np.array_equal(np.load(f"{two}.npz")["arr_1"], np.load(f"{folder}.npz")["arr_1"])
