@@ -44,7 +44,7 @@ from datasets.order import STREAM_DEMO, sample_noise
 from models.build import latent_size
 from sampling.inputs import check_sampling_inputs
 from sampling.loop import precision_context, sample_fid_folder, save_png
-from sampling.networks import autoguidance_active, load_guide, load_model
+from sampling.networks import autoguidance_active, guide_config, load_guide, load_model
 from sampling.pipeline import Decoder, LatentSampler
 from sampling.protocol import claim_sample_folder, input_digests, protocol, sample_folder
 from training.rundir import decide_on_main
@@ -206,6 +206,10 @@ def _sample(cfg, args, rt):
                 cfg.sample.mode, cfg.sample.sampling_method, cfg.sample.num_sampling_steps,
                 cfg.sample.cfg_scale, cfg.sample.cfg_interval_start, cfg.sample.cfg_channels,
                 cfg.sample.timestep_shift, cfg.sample.precision, rt.world_size)
+    if guide is not None:
+        guide_cfg = guide_config(cfg)
+        logger.info("AutoGuidance: guide %s from %s (%s)", guide_cfg.model.model_type, guide_cfg.ckpt_path,
+                    cfg.sample.autoguidance_config)
     if args.demo:
         return run_demo(cfg, args, rt, model, decoder, guide)
     return run_fid_sampling(cfg, args, rt, model, decoder, guide)
