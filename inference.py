@@ -14,10 +14,16 @@ on GPU) by default, as the reference; `sample.precision=bf16` autocasts the netw
 
 Ours: the noise and label of image i depend only on (train.global_seed, i), so a restarted run
 writes only the missing images and ends with the same set as an uninterrupted one; exactly
-`sample.fid_num` images are written; `sample.label_mode=balanced` gives fid_num / num_classes
-images per class; outside the guidance interval the unconditional half is skipped
-(`sample.skip_uncond_outside_interval`, same samples up to float rounding); `protocol.json` in
-the folder records every setting an FID depends on (a resumed run must match it).
+`sample.fid_num` images are written; `sample.label_mode=balanced` (or SFD's
+`sample.balanced_sampling`) gives fid_num / num_classes images per class; outside the guidance
+interval the unconditional half is skipped (`sample.skip_uncond_outside_interval`, same samples
+up to float rounding); `protocol.json` in the folder records every setting and input an FID
+depends on (a resumed run must match it). With `sample.autoguidance` the guide network of
+`sample.autoguidance_config` replaces the unconditional half (SFD's AutoGuidance).
+
+This file is the command line only: the networks (sampling/networks.py), the guided sampler
+(sampling/pipeline.py, sampling/guidance.py), the protocol and folder (sampling/protocol.py) and
+the batch loop (sampling/loop.py) are library code shared with evaluation during training.
 
 Demo mode (`--demo`): rank 0 samples the reference's classes [975, 3, 207, 387, 388, 88, 979, 279]
 with the reference's overrides (cfg 9.0, no interval, no shift; logged, not silent) into a 2x4
@@ -26,39 +32,27 @@ grid, `demo_images/demo_samples.png` by default (`--demo-out`).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
-from PIL import Image
 
-from configs.schema import SampleConfig, TrainConfig, TransportConfig, parse_cli
-from datasets.order import STREAM_DEMO, STREAM_SDE, sample_labels, sample_noise, work_plan
-from models.build import build_model, latent_size, should_compile
-from models.kernels import select_kernels
-from sampling import Decoder, LatentSampler
+from configs.schema import parse_cli
+from datasets.order import STREAM_DEMO, sample_noise
+from models.build import latent_size
 from sampling.inputs import check_sampling_inputs
-from training.rundir import RunLock, decide_on_main, move_aside, release_run_dir, timestamp
-from utils.digest import module_digest, tensors_digest
-from utils.fileio import WriteError, atomic_write, atomic_write_json
+from sampling.loop import precision_context, sample_fid_folder, save_png
+from sampling.networks import autoguidance_active, guide_config, load_guide, load_model
+from sampling.pipeline import Decoder, LatentSampler
+from sampling.protocol import claim_sample_folder, input_digests, protocol, sample_folder
+from training.rundir import decide_on_main
+from utils.fileio import WriteError
 from utils.runtime import setup_runtime
 from utils.seeding import derive_seed
 
 logger = logging.getLogger("inference")
-
-# Protocol entries a resumed run may change without changing any image.
-_PROTOCOL_FREE = ("world_size", "per_proc_batch_size", "torch_version", "device")
-# Where the checkpoint lives: free when the folder records the weights' content hash.
-_PROTOCOL_LOCATION = ("ckpt_path", "ckpt_bytes")
-# Content hashes of the inputs (input_digests) and what each names in an error.
-_INPUT_DIGESTS = {"ckpt_sha256": "checkpoint weights", "vae_sha256": "tokenizer weights",
-                  "latent_stats_sha256": "latent stats"}
 
 # The reference demo's classes (docs/reference_behaviour.md §7.1): 975 lakeside, 3 tiger shark, 207 golden
 # retriever, 387 lesser panda, 388 giant panda, 88 macaw, 979 valley, 279 arctic fox.
@@ -83,35 +77,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 
 
 #################################################################################
-#                                   Sampling                                    #
+#                                   Demo grid                                   #
 #################################################################################
-
-def sample_folder_name(cfg) -> str:
-    """The reference's folder name, plus suffixes for non-reference settings.
-
-    `{model_type /->-}-ckpt-{ckpt stem}-{sampling_method}-{steps}` lower-cased, with
-    `-interval{start:.2f}-cfg{scale:.2f}-shift{shift:.2f}` when cfg_scale > 1; the other suffixes
-    name the settings that differ from the schema defaults (the reference's behaviour).
-    """
-    s, ref = cfg.sample, SampleConfig()
-    ckpt = Path(cfg.ckpt_path).stem if cfg.ckpt_path else "none"
-    name = f"{cfg.model.model_type.replace('/', '-')}-ckpt-{ckpt}-{s.sampling_method}-{s.num_sampling_steps}".lower()
-    if s.cfg_scale > 1.0:
-        name += f"-interval{s.cfg_interval_start:.2f}-cfg{s.cfg_scale:.2f}-shift{s.timestep_shift:.2f}"
-    if s.mode != ref.mode:
-        name += f"-{s.mode.lower()}"
-    if cfg.transport.objective != TransportConfig().objective:
-        name += f"-{cfg.transport.objective}"
-    if s.cfg_channels != ref.cfg_channels and s.cfg_scale > 1.0:
-        name += f"-cfgch{s.cfg_channels}"
-    if s.label_mode != ref.label_mode:
-        name += f"-{s.label_mode}"
-    if s.precision != ref.precision:
-        name += f"-{s.precision}"
-    if cfg.train.global_seed != TrainConfig().global_seed:
-        name += f"-seed{cfg.train.global_seed}"
-    return name
-
 
 def demo_labels(num_classes: int) -> Tuple[List[int], bool]:
     """The reference's 8 demo classes; with fewer than 1000 classes each is taken modulo
@@ -145,147 +112,11 @@ def image_grid(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
     return images.reshape(rows, cols, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, cols * w, c)
 
 
-def save_png(image: np.ndarray, path: Path) -> None:
-    """uint8 (H, W, 3) -> PNG, atomically (a killed run never leaves a truncated PNG)."""
-    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))
-
-
-class PNGWriter:
-    """Writes a batch's PNGs on background threads while the next batch samples (encoding one
-    256 px PNG took 124 ms on a loaded 2-core VM: for a GPU that samples tens of images per
-    second this is as long as the sampling itself). At most one batch
-    is in flight: `submit` first waits for the previous one, so memory stays bounded and a write
-    error surfaces at the next batch (or at `close`)."""
-
-    def __init__(self, workers: int = 2):
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="png")
-        self.pending: List[Future] = []
-
-    def submit(self, images: Sequence[np.ndarray], paths: Sequence[Path]) -> None:
-        self.wait()
-        self.pending = [self.pool.submit(save_png, image, path) for image, path in zip(images, paths)]
-
-    def wait(self) -> None:
-        pending, self.pending = self.pending, []
-        for future in pending:
-            future.result()
-
-    def close(self) -> None:
-        try:
-            self.wait()
-        finally:
-            self.pool.shutdown(wait=True)
-
-    def __enter__(self) -> "PNGWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-def load_model(cfg, device: torch.device) -> torch.nn.Module:
-    from models.checkpoint import load_lightningdit_checkpoint
-
-    model = build_model(cfg, training=False)  # ckpt_path was checked by check_sampling_inputs
-    load_lightningdit_checkpoint(cfg.ckpt_path, model, prefer_ema=True)  # strict, EMA preferred
-    model = model.to(device).eval()
-    if should_compile(cfg, device):  # model.compile: auto compiles on CUDA (as the reference)
-        model.compile_blocks()
-    return select_kernels(model)  # CPU kernels only for an eager model on the CPU
-
-
-def input_digests(model: torch.nn.Module, decoder) -> dict:
-    """Content hashes of what the images are made from (utils/digest.py): the weights actually
-    loaded into the model, the tokenizer's weights and the latent stats (None when unused)."""
-    vae = getattr(decoder.vae, "model", decoder.vae)
-    return {
-        "ckpt_sha256": module_digest(model),
-        "vae_sha256": module_digest(vae) if isinstance(vae, torch.nn.Module) else None,
-        "latent_stats_sha256": tensors_digest({"mean": decoder.mean, "std": decoder.std})
-        if decoder.mean is not None else None,
-    }
-
-
-def protocol(cfg, world_size: int, device: torch.device, digests: Optional[dict] = None) -> dict:
-    """Every setting the samples depend on; `digests` (input_digests) binds them to the inputs."""
-    s = cfg.sample
-    ckpt = Path(cfg.ckpt_path)
-    return {
-        "ckpt_path": str(ckpt.resolve()), "ckpt_bytes": ckpt.stat().st_size,
-        "model_type": cfg.model.model_type, "objective": cfg.transport.objective, "mode": s.mode,
-        "sampler": s.sampling_method,
-        "steps": s.num_sampling_steps, "atol": s.atol, "rtol": s.rtol,
-        "cfg_scale": s.cfg_scale, "cfg_interval": s.cfg_scale > 1.0,
-        "cfg_interval_start": s.cfg_interval_start, "timestep_shift": s.timestep_shift,
-        "cfg_channels": s.cfg_channels, "label_mode": s.label_mode, "seed": cfg.train.global_seed,
-        "fid_num": s.fid_num, "precision": s.precision, "skip_uncond_outside_interval": s.skip_uncond_outside_interval,
-        "latent_norm": cfg.data.latent_norm, "latent_multiplier": cfg.data.latent_multiplier,
-        "latent_stats": str(Path(cfg.data.data_path) / "latents_stats.pt") if cfg.data.latent_norm else None,
-        "vae": cfg.vae.config_path or cfg.vae.model_name,
-        "world_size": world_size, "per_proc_batch_size": s.per_proc_batch_size,
-        "torch_version": torch.__version__, "device": device.type,
-        **(digests or {}),
-    }
-
-
-def check_protocol(path: Path, new: dict) -> None:
-    """Refuse to resume into a folder sampled with different settings or different inputs (by
-    content: weights and stats, not file names or sizes)."""
-    if not path.is_file():
-        return
-    old = json.loads(path.read_text())
-    changed = [k for k in _INPUT_DIGESTS if k in new and k in old and old[k] != new[k]]
-    if changed:
-        what = ", ".join(f"{_INPUT_DIGESTS[k]} ({_input_name(new, k)}: sha256 {str(old[k])[:12]} -> "
-                         f"{str(new[k])[:12]})" for k in changed)
-        raise ValueError(f"{path.parent}: changed since these samples were made: {what}; use another "
-                         "train.exp_name, or train.overwrite=true to move the old samples aside")
-    unverified = [k for k in _INPUT_DIGESTS if k in new and k not in old]
-    if unverified:
-        logger.warning("%s predates content hashes: %s not verified (only paths and sizes are compared)",
-                       path, ", ".join(_INPUT_DIGESTS[k] for k in unverified))
-    free = _PROTOCOL_FREE + (_PROTOCOL_LOCATION if "ckpt_sha256" in old else ()) + tuple(_INPUT_DIGESTS)
-    old.setdefault("objective", TransportConfig().objective)  # folders sampled before the key existed
-    diff = [k for k in new if k not in free and old.get(k) != new[k]]
-    if diff:
-        raise ValueError(f"{path}: existing samples were made with different settings "
-                         f"({', '.join(f'{k}: {old.get(k)!r} -> {new[k]!r}' for k in diff)}); "
-                         "use another train.exp_name, or train.overwrite=true to move the old samples aside")
-    changed = [k for k in _PROTOCOL_FREE if old.get(k) != new[k]]
-    if changed:
-        logger.warning("resuming with changed %s: images already written stay, new ones may differ "
-                       "in float rounding from an uninterrupted run", ", ".join(changed))
-
-
-def _input_name(proto: dict, key: str) -> str:
-    return {"ckpt_sha256": proto.get("ckpt_path"), "vae_sha256": proto.get("vae"),
-            "latent_stats_sha256": proto.get("latent_stats")}[key]
-
-
-def claim_sample_folder(cfg, folder: Path, proto: dict) -> None:
-    """Lock the folder, move it aside first with `train.overwrite`, refuse a protocol mismatch,
-    record the protocol (main process; training/rundir.py)."""
-    RunLock(folder).acquire()
-    try:
-        if cfg.train.overwrite and (folder / "protocol.json").is_file():
-            stamp = timestamp()
-            release_run_dir(folder)
-            for old in (folder, Path(f"{folder}.npz"), Path(f"{folder}_adm_eval.json")):
-                move_aside(old, stamp)
-            RunLock(folder).acquire()
-        check_protocol(folder / "protocol.json", proto)
-    except ValueError:
-        release_run_dir(folder)
-        raise
-    atomic_write_json(proto, folder / "protocol.json")
-    logger.info("sampling protocol: %s", json.dumps(proto))
-
-
 #################################################################################
 #                                     Modes                                     #
 #################################################################################
 
-def run_demo(cfg, args, rt, model, decoder) -> Path:
+def run_demo(cfg, args, rt, model, decoder, guide=None) -> Path:
     """The reference's demo grid, with its overrides stated loudly (or the config's settings)."""
     s = cfg.sample
     if args.demo_config_sampling:
@@ -309,7 +140,7 @@ def run_demo(cfg, args, rt, model, decoder) -> Path:
     names = class_names(cfg.data.num_classes, args.class_names)
     for i, c in enumerate(labels):
         logger.info("demo image %d: class %d%s", i, c, f" ({names[c]})" if names else "")
-    sampler = LatentSampler(cfg, model, cfg_scale=cfg_scale, interval=interval,
+    sampler = LatentSampler(cfg, model, guide=guide, cfg_scale=cfg_scale, interval=interval,
                             interval_start=start, shift=shift)
     c, h = cfg.model.in_chans, latent_size(cfg)
     z = sample_noise(range(len(labels)), (c, h, h), cfg.train.global_seed, stream=STREAM_DEMO).to(rt.device)
@@ -324,63 +155,15 @@ def run_demo(cfg, args, rt, model, decoder) -> Path:
     return out
 
 
-def precision_context(cfg, device: torch.device):
-    if cfg.sample.precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def run_fid_sampling(cfg, args, rt, model, decoder) -> Path:
-    """Write fid_num PNGs (resumable), then `{folder}.npz` (arr_0 images, arr_1 labels)."""
-    s, seed = cfg.sample, cfg.train.global_seed
-    exp_name = cfg.train.exp_name or cfg.model.model_type.replace("/", "-")
-    folder = Path(cfg.train.output_dir) / exp_name / sample_folder_name(cfg)
-    proto = protocol(cfg, rt.world_size, rt.device, input_digests(model, decoder) if rt.is_main else None)
+def run_fid_sampling(cfg, args, rt, model, decoder, guide=None) -> Path:
+    """Claim the sample folder the protocol names, write fid_num PNGs (resumable), then
+    `{folder}.npz` (arr_0 images, arr_1 labels) and, with --fid, the ADM evaluation."""
+    proto = protocol(cfg, rt.world_size, rt.device, input_digests(model, decoder, guide) if rt.is_main else None)
+    folder = sample_folder(cfg, proto)
     decide_on_main(rt.accelerator, lambda: claim_sample_folder(cfg, folder, proto))
     rt.accelerator.wait_for_everyone()
-
-    total = s.fid_num
-    plan = work_plan(total, s.per_proc_batch_size, rt.world_size, rt.rank)
-    c, h = cfg.model.in_chans, latent_size(cfg)
-    sampler = LatentSampler(cfg, model)
-    done_before = sum(all((folder / f"{i:06d}.png").is_file() for i in ids) for ids in plan)
-    logger.info("writing %d images to %s: %d iterations of %d x %d processes (%d already done on rank 0)",
-                total, folder, len(plan), s.per_proc_batch_size, rt.world_size, done_before)
-    from tqdm import tqdm
-    tic, written = time.time(), 0
-    with PNGWriter() as writer:  # PNGs of batch k are written while batch k + 1 samples
-        for k, ids in enumerate(tqdm(plan, disable=not rt.is_main, desc="sampling", dynamic_ncols=True)):
-            if not ids or all((folder / f"{i:06d}.png").is_file() for i in ids):
-                continue
-            z = sample_noise(ids, (c, h, h), seed).to(rt.device)
-            y = sample_labels(ids, cfg.data.num_classes, seed, s.label_mode, total).to(rt.device)
-            with precision_context(cfg, rt.device):
-                x = sampler(z, y, sde_seed=derive_seed(seed, STREAM_SDE, ids[0]))
-            writer.submit(decoder(x), [folder / f"{i:06d}.png" for i in ids])
-            written += len(ids)
-    elapsed = time.time() - tic
-    logger.info("rank %d wrote %d images in %.1f s (%.2f images/s)%s", rt.rank, written, elapsed,
-                written / max(elapsed, 1e-9),
-                f"; {sampler.num_cond_only}/{sampler.num_calls} evaluations skipped the unconditional half"
-                if sampler.num_calls else "")
-    rt.accelerator.wait_for_everyone()
-
-    npz = Path(f"{folder}.npz")
-    if rt.is_main:
-        from evaluation.npz import create_npz_from_sample_folder
-        labels = sample_labels(range(total), cfg.data.num_classes, seed, s.label_mode, total).numpy()
-        atomic_write(folder / "labels.npy", lambda tmp: _save_npy(tmp, labels))
-        create_npz_from_sample_folder(str(folder), total)
-        logger.info("saved %s (arr_0 %d images, arr_1 labels)", npz, total)
-        fid_step(cfg, args, npz)
-        release_run_dir(folder)
-    rt.accelerator.wait_for_everyone()
-    return folder
-
-
-def _save_npy(path: str, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # a file object: np.save(str) would append ".npy"
-        np.save(f, array)
+    sampler = LatentSampler(cfg, model, guide=guide)
+    return sample_fid_folder(cfg, rt, sampler, decoder, folder, on_complete=lambda npz: fid_step(cfg, args, npz))
 
 
 def fid_step(cfg, args, npz: Path) -> None:
@@ -414,17 +197,22 @@ def main(argv: Optional[List[str]] = None):
 
 
 def _sample(cfg, args, rt):
-    """Build model and decoder, then run demo or FID sampling (called under no_grad)."""
+    """Build model, guide and decoder, then run demo or FID sampling (called under no_grad)."""
     model = load_model(cfg, rt.device)
+    guide = load_guide(cfg, rt.device) if autoguidance_active(cfg) else None
     decoder = Decoder(cfg, rt.device, random_init=args.vae_random_init)
     logger.info("model %s from %s, sampler %s %s x%d, cfg %.2f (interval from %.3f, channels %s), "
                 "shift %.2f, precision %s, processes %d", cfg.model.model_type, cfg.ckpt_path,
                 cfg.sample.mode, cfg.sample.sampling_method, cfg.sample.num_sampling_steps,
                 cfg.sample.cfg_scale, cfg.sample.cfg_interval_start, cfg.sample.cfg_channels,
                 cfg.sample.timestep_shift, cfg.sample.precision, rt.world_size)
+    if guide is not None:
+        guide_cfg = guide_config(cfg)
+        logger.info("AutoGuidance: guide %s from %s (%s)", guide_cfg.model.model_type, guide_cfg.ckpt_path,
+                    cfg.sample.autoguidance_config)
     if args.demo:
-        return run_demo(cfg, args, rt, model, decoder)
-    return run_fid_sampling(cfg, args, rt, model, decoder)
+        return run_demo(cfg, args, rt, model, decoder, guide)
+    return run_fid_sampling(cfg, args, rt, model, decoder, guide)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from datasets.order import LABEL_MODES
 from models.lightningdit import LightningDiT_models
-from transport import LOSS_WEIGHTS, PATH_TYPES, PREDICTIONS
+from sampling.guidance import parse_cfg_channels
+from transport import LOSS_WEIGHTS, PATH_TYPES, PREDICTIONS, REPA_MODES
 from transport.integrators import LAST_STEPS, ODE_METHODS, SDE_METHODS
 from transport.path import DIFFUSION_FORMS
 
@@ -156,11 +157,17 @@ class TransportConfig:
     # respaced to sample.num_sampling_steps; the path/prediction/eps/lognorm keys are unused)
     objective: str = "rectified_flow"
     diffusion_steps: int = 1000                  # ours: DDPM chain length T (objective ddpm)
+    # ours (SFD, model.semfirst_delta_t > 0): leave out of the MSE the channels of a group whose time
+    # is clipped (texture before delta, semantics after 1: the channels the sampler freezes), counting
+    # them as 0 in the mean over C H W; false = SFD, which trains them (docs/reference_behaviour.md §12.3.2)
+    mask_clipped_phases: bool = False
 
 
 @dataclass
 class SampleConfig:
     mode: str = "ODE"                            # ODE | SDE (ours: SDE works)
+    # ODE: any torchdiffeq method (euler, heun2, dopri5, ...) or ours, euler_phase / heun2_phase
+    # (fixed grid with nodes on SFD's phase boundaries, docs/reference_behaviour.md §12.4.2); SDE: Euler | Heun
     sampling_method: str = "euler"
     atol: float = 1e-6
     rtol: float = 1e-3
@@ -204,7 +211,6 @@ class LightningDiTConfig:
 
 
 REPORT_TO = ("tensorboard", "wandb", "all", "none")  # train.report_to
-REPA_MODES = ("cos", "mse", "cos_mse")                 # model.repa_mode (SFD)
 INTERVAL_MODES = ("tex", "sem", "both")                # model.semfirst_infer_interval_mode (SFD)
 
 SAMPLING_METHODS = {"ODE": ODE_METHODS, "SDE": SDE_METHODS}   # sample.mode -> sample.sampling_method
@@ -241,10 +247,10 @@ def _validate(cfg: DictConfig, source: str) -> None:
     if cfg.sample.sampling_method not in methods:
         raise ValueError(f"{source}: bad value for 'sample.sampling_method': {cfg.sample.sampling_method!r} "
                          f"(sample.mode={cfg.sample.mode} expects one of {tuple(methods)})")
-    channels = cfg.sample.cfg_channels
-    if channels != "all" and not (channels.isdigit() and int(channels) > 0):
-        raise ValueError(f"{source}: bad value for 'sample.cfg_channels': {channels!r} "
-                         "(expected a positive integer or 'all')")
+    try:
+        parse_cfg_channels(cfg.sample.cfg_channels)
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
     if cfg.model.semantic_chans >= cfg.model.in_chans:
         raise ValueError(f"{source}: bad value for 'model.semantic_chans': {cfg.model.semantic_chans} "
                          f"(must be below model.in_chans = {cfg.model.in_chans})")
@@ -331,8 +337,7 @@ def _first_line(text: str) -> str:
 
 def cfg_channels_value(cfg: DictConfig) -> Optional[int]:
     """`sample.cfg_channels` as the model expects it: an int, or None for all channels."""
-    channels = cfg.sample.cfg_channels
-    return None if channels == "all" else int(channels)
+    return parse_cfg_channels(cfg.sample.cfg_channels)
 
 
 def _load_yaml(path: str) -> DictConfig:

@@ -427,21 +427,19 @@ class LightningDiT(nn.Module):
             cfg_interval = False
         if not isinstance(cfg_interval, bool):
             raise ValueError(f"cfg_interval must be a bool, got {cfg_interval!r}")
+        from sampling.guidance import cfg_combine  # the one guidance module (no import cycle at call time)
+
         half = x[: len(x) // 2]
-        combined = torch.cat([half, half], dim=0)
-        model_out = self.forward(combined, t, y)
-        n_ch = model_out.shape[1]
-        k = n_ch if cfg_channels is None else int(cfg_channels)
-        if not 0 < k <= n_ch:
-            raise ValueError(f"cfg_channels must be None or in [1, {n_ch}], got {cfg_channels!r}")
-        eps, rest = model_out[:, :k], model_out[:, k:]
-        cond_eps, uncond_eps = torch.split(eps, len(eps) // 2, dim=0)
-        half_eps = uncond_eps + cfg_scale * (cond_eps - uncond_eps)
+        model_out = self.forward(torch.cat([half, half], dim=0), t, y)
+        cond, uncond = model_out.chunk(2, dim=0)
+        k = None if cfg_channels is None else int(cfg_channels)
+        first = cfg_combine(cond, uncond, cfg_scale, k)
         if cfg_interval:
             # torch.where instead of `if t[0] < start`: same result, no host sync.
-            half_eps = torch.where(t[0] < cfg_interval_start, cond_eps, half_eps)
-        eps = torch.cat([half_eps, half_eps], dim=0)
-        return torch.cat([eps, rest], dim=1)
+            first = torch.where(t[0] < cfg_interval_start, cond, first)
+        k = model_out.shape[1] if k is None else k
+        second = torch.cat([first[:, :k], uncond[:, k:]], dim=1)  # raw unconditional output beyond k
+        return torch.cat([first, second], dim=0)
 
     def compile_blocks(self, **compile_kwargs) -> "LightningDiT":
         """torch.compile each block and the final layer in place (nn.Module.compile), as the

@@ -8,13 +8,15 @@ from pathlib import Path
 from datasets.img_latent_dataset import load_latent_stats
 from models.build import latent_size
 from models.checkpoint import RELEASED_CHECKPOINTS_HINT
-from sampling.pipeline import tokenizer_config_path
+from sampling.networks import autoguidance_active, guide_config
+from sampling.pipeline import check_sampling_settings, tokenizer_config_path
 from utils.fileio import require_intact_torch_file
 
 
 def check_sampling_inputs(cfg) -> None:
-    """`ckpt_path` (set, a file, a PyTorch/safetensors file), the tokenizer YAML, and with
-    `data.latent_norm` the stats (finite, positive std, `model.in_chans` channels)."""
+    """`ckpt_path` (set, a file, a PyTorch/safetensors file), the tokenizer YAML, with
+    `data.latent_norm` the stats (finite, positive std, `model.in_chans` channels), the sampler
+    and guidance settings, and with AutoGuidance the guide's YAML and checkpoint."""
     latent_size(cfg)
     if not cfg.ckpt_path:
         raise ValueError("ckpt_path is not set (top-level config key; e.g. "
@@ -30,3 +32,11 @@ def check_sampling_inputs(cfg) -> None:
                                 f"configs/tokenizer/{{vae.model_name}}.yaml)")
     if cfg.data.latent_norm:
         load_latent_stats(cfg.data.data_path, cfg.model.in_chans, "model.in_chans")
+    check_sampling_settings(cfg)
+    if autoguidance_active(cfg):
+        guide = Path(guide_config(cfg).ckpt_path)
+        if not guide.is_file():
+            raise FileNotFoundError(f"guide checkpoint not found: {guide} (ckpt_path of "
+                                    f"sample.autoguidance_config {cfg.sample.autoguidance_config})")
+        if guide.suffix != ".safetensors":
+            require_intact_torch_file(guide)

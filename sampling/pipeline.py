@@ -1,22 +1,27 @@
-"""From noise to images with a trained LightningDiT: the configured sampler with guidance
-(`LatentSampler`), then denormalisation and tokenizer decoding (`Decoder`).
+"""From noise to images with a trained LightningDiT: the configured sampler integrating the guided
+denoiser (`LatentSampler`), then denormalisation and tokenizer decoding (`Decoder`).
 
 Shared by `inference.py` (FID sampling, the demo grid), evaluation during training and the
 benchmarks, so every path samples and decodes the same way.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
 
-from configs.schema import cfg_channels_value
 from datasets.img_latent_dataset import load_latent_stats
+from sampling.guidance import DDPMTimes, Denoiser, FlowTimes, Guidance
+from sampling.networks import load_guide
 from tokenizer.factory import load_tokenizer
-from transport import Sampler, build_transport, make_guided_sampler
+from transport import Sampler, build_transport
 from transport.ddpm_sampler import DDPMSampler
+from transport.schedule import TimeSchedule
+
+logger = logging.getLogger("inference")
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
 
@@ -26,71 +31,115 @@ def tokenizer_config_path(cfg) -> Path:
     return Path(cfg.vae.config_path) if cfg.vae.config_path else CONFIG_DIR / f"{cfg.vae.model_name}.yaml"
 
 
-class LatentSampler:
-    """Turns noise z (n, C, H, W) and labels y (n,) into latents with the configured sampler and
-    guidance. `cfg_scale`, `interval_start` and `shift` may be overridden (demo mode)."""
+def time_schedule(transport, cfg) -> TimeSchedule:
+    """The channel groups the sampler integrates (the transport's; one group for DDPM's chain)."""
+    return transport.schedule if cfg.transport.objective != "ddpm" else TimeSchedule.single(cfg.model.in_chans)
 
-    def __init__(self, cfg, model: torch.nn.Module, *, cfg_scale: Optional[float] = None,
-                 interval: bool = True, interval_start: Optional[float] = None,
+
+def check_sampling_settings(cfg) -> None:
+    """What cannot apply is refused rather than ignored (one-line ValueError): `sample.reverse`
+    (data -> noise) outside the ODE sampler, the guidance settings `Guidance.from_config`
+    refuses, and what the SDE sampler refuses."""
+    s, ddpm = cfg.sample, cfg.transport.objective == "ddpm"
+    if s.reverse and (ddpm or s.mode != "ODE"):
+        sampler = "DDPM's ancestral chain" if ddpm else "the SDE sampler"
+        raise ValueError(f"sample.reverse=true: {sampler} runs noise -> data only (reverse needs sample.mode=ODE)")
+    transport = build_transport(cfg)
+    Guidance.from_config(cfg, time_schedule(transport, cfg))
+    if s.mode == "SDE" and not ddpm:  # what the SDE cannot sample (e.g. SFD's schedule), before any network
+        Sampler(transport).sample_sde(s.sampling_method, s.diffusion_form, s.diffusion_norm, s.last_step,
+                                      s.last_step_size, s.num_sampling_steps)
+
+
+class LatentSampler:
+    """Turns noise z (n, C, H, W) and labels y (n,) into latents: the configured sampler (ODE, SDE,
+    or DDPM's chain) integrating the guided denoiser of sampling/guidance.py.
+
+    `cfg_scale`, `interval`, `interval_start`, `shift` and `skip_uncond` override the config (the
+    demo grid, evaluation during training). With AutoGuidance the guide network is `guide`, else
+    loaded from `sample.autoguidance_config` (sampling/networks.py). After each call,
+    `num_calls` / `num_cond_only` count the denoiser's evaluations and those that skipped the
+    unconditional half (cumulative).
+    """
+
+    def __init__(self, cfg, model: torch.nn.Module, *, guide: Optional[torch.nn.Module] = None,
+                 cfg_scale: Optional[float] = None, interval: bool = True, interval_start: Optional[float] = None,
                  shift: Optional[float] = None, skip_uncond: Optional[bool] = None):
+        check_sampling_settings(cfg)
         s = cfg.sample
-        self.model = model
-        self.mode = s.mode
-        self.cfg_scale = s.cfg_scale if cfg_scale is None else cfg_scale
-        self.interval = interval
-        self.interval_start = s.cfg_interval_start if interval_start is None else interval_start
-        self.shift = s.timestep_shift if shift is None else shift
-        self.cfg_channels = cfg_channels_value(cfg)
+        transport = build_transport(cfg)
+        self.mode = "DDPM" if cfg.transport.objective == "ddpm" else s.mode
+        if self.mode == "DDPM" and interval and s.cfg_interval_start > 0:
+            logger.warning("sample.cfg_interval_start=%g does not apply to DDPM's chain (guided at every step)",
+                           s.cfg_interval_start)
+        schedule = time_schedule(transport, cfg)
+        self.guidance = Guidance.from_config(cfg, schedule, cfg_scale=cfg_scale, interval=interval and self.mode != "DDPM",
+                                             interval_start=interval_start, skip_uncond=skip_uncond)
         self.null_class = cfg.data.num_classes
-        self.num_calls = self.num_cond_only = 0
-        if self.cfg_scale > 1.0 and model.y_embedder.embedding_table.num_embeddings <= self.null_class:
+        if self.guidance.kind == "cfg" and model.y_embedder.embedding_table.num_embeddings <= self.null_class:
             raise ValueError("sample.cfg_scale > 1 needs a null class: the model was built with "
                              "model.class_dropout_prob = 0")
-        self.ddpm = None
-        if cfg.transport.objective == "ddpm":
-            # DiT's ancestral chain respaced to num_sampling_steps; mode, method, shift and the
-            # CFG interval are flow-sampler settings and do not apply.
-            self.ddpm = DDPMSampler(build_transport(cfg), s.num_sampling_steps, cfg_scale=self.cfg_scale,
-                                    cfg_channels=self.cfg_channels, null_class=self.null_class)
-            return
-        sampler = Sampler(build_transport(cfg))
-        skip = s.skip_uncond_outside_interval if skip_uncond is None else skip_uncond
-        if s.mode == "ODE":
-            self.ode = sampler.sample_ode(s.sampling_method, s.num_sampling_steps, s.atol, s.rtol,
-                                          s.reverse, self.shift)
-            self.guided = make_guided_sampler(sampler, sampling_method=s.sampling_method,
-                                              num_steps=s.num_sampling_steps, atol=s.atol, rtol=s.rtol,
-                                              timestep_shift=self.shift, skip_uncond=skip)
+        self.guide = None
+        if self.guidance.kind == "auto":
+            self.guide = guide if guide is not None else load_guide(cfg, next(model.parameters()).device)
+        self.net = model
+        if self.mode == "DDPM":
+            # DiT's ancestral chain respaced to num_sampling_steps; method, shift and the CFG
+            # interval are flow-sampler settings (the interval is logged as not applying).
+            chain = DDPMSampler(transport, s.num_sampling_steps)
+            self.times = DDPMTimes(chain.timestep_map)
+            if chain.learn_sigma:
+                self.net = _with_sigma(model)
+                self.guide = _with_sigma(self.guide) if self.guide is not None else None
+            self.integrate = lambda z, denoiser, generator: chain(z, denoiser, generator=generator)
         else:
-            self.sde_kwargs = dict(sampling_method=s.sampling_method, diffusion_form=s.diffusion_form,
-                                   diffusion_norm=s.diffusion_norm, last_step=s.last_step,
-                                   last_step_size=s.last_step_size, num_steps=s.num_sampling_steps)
-            self.sampler = sampler
+            self.times = FlowTimes(schedule)
+            sampler = Sampler(transport)
+            if self.mode == "ODE":
+                ode = sampler.sample_ode(s.sampling_method, s.num_sampling_steps, s.atol, s.rtol, s.reverse,
+                                         s.timestep_shift if shift is None else shift)
+                self.integrate = lambda z, denoiser, generator: ode(z, denoiser)[-1]
+            else:
+                def sde(z, denoiser, generator):
+                    fn = sampler.sample_sde(s.sampling_method, s.diffusion_form, s.diffusion_norm, s.last_step,
+                                            s.last_step_size, s.num_sampling_steps, generator=generator)
+                    if self.guidance.kind == "cfg":
+                        return _doubled_noise(fn, z, denoiser)
+                    return fn(z, denoiser)[-1]
+                self.integrate = sde
+        self.num_calls = self.num_cond_only = 0
+
+    def denoiser(self, y: torch.Tensor) -> Denoiser:
+        """The guided denoiser for labels y (sampling/guidance.py)."""
+        return Denoiser(self.net, y, self.times, self.guidance, guide=self.guide, null_class=self.null_class)
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, y: torch.Tensor, sde_seed: int = 0) -> torch.Tensor:
-        n, guided = z.shape[0], self.cfg_scale > 1.0
-        if self.ddpm is not None:  # per-step noise seeded by sde_seed, as the SDE sampler
-            return self.ddpm(z, self.model, y, generator=torch.Generator(device=z.device).manual_seed(sde_seed))
-        if self.mode == "ODE":
-            if guided:
-                out = self.guided(z, self.model, y, self.cfg_scale, cfg_interval=self.interval,
-                                  cfg_interval_start=self.interval_start, cfg_channels=self.cfg_channels,
-                                  null_class=self.null_class)[-1]
-                self.num_calls += self.guided.num_calls
-                self.num_cond_only += self.guided.num_cond_only
-                return out
-            return self.ode(z, self.model.forward, y=y)[-1]
-        # SDE (ours; the reference raises NotImplementedError): reference-style doubled batch.
-        g = torch.Generator(device=z.device).manual_seed(sde_seed)
-        fn = self.sampler.sample_sde(**self.sde_kwargs, generator=g)
-        if not guided:
-            return fn(z, self.model.forward, y=y)[-1]
-        y2 = torch.cat([y, torch.full_like(y, self.null_class)])
-        out = fn(torch.cat([z, z]), self.model.forward_with_cfg, y=y2, cfg_scale=self.cfg_scale,
-                 cfg_interval=self.interval, cfg_interval_start=self.interval_start,
-                 cfg_channels=self.cfg_channels)[-1]
-        return out[:n]
+        """Latents (n, C, H, W) from noise z and labels y; the SDE's and DDPM's per-step noise comes
+        from a generator seeded with `sde_seed` (on z's device)."""
+        denoiser = self.denoiser(y)
+        out = self.integrate(z, denoiser, torch.Generator(device=z.device).manual_seed(sde_seed))
+        self.num_calls += denoiser.calls
+        self.num_cond_only += denoiser.cond_only
+        return out
+
+
+def _doubled_noise(sde, z: torch.Tensor, denoiser: Denoiser) -> torch.Tensor:
+    """The SDE under CFG integrates [z; z] and keeps the first half, so it draws its noise for 2n
+    rows as it did when the guided network ran on the doubled state: the same samples for a seed
+    as before. The denoiser still runs once per evaluation, on the first half."""
+    n = z.shape[0]
+
+    def doubled(x, s):
+        out = denoiser(x[:n], s)
+        return torch.cat([out, out])
+
+    return sde(torch.cat([z, z]), doubled)[-1][:n]
+
+
+def _with_sigma(net):
+    """DDPM with a learned variance: the network returns [eps; v] (return_sigma)."""
+    return lambda x, t, y: net(x, t, y, return_sigma=True)
 
 
 class Decoder:

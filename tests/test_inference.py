@@ -1,4 +1,4 @@
-"""inference.py on CPU with a tiny random LightningDiT and a random tiny tokenizer: exactly N
+"""inference.py (sampling/) on CPU with a tiny random LightningDiT and a random tiny tokenizer: exactly N
 PNGs and a matching ADM .npz, protocol JSON, resume to the same set, demo grid; label and noise
 bookkeeping (datasets/order.py, inference.py)."""
 import json
@@ -12,8 +12,11 @@ from PIL import Image
 import inference
 from configs.schema import load_config
 from datasets.order import sample_labels, sample_noise, work_plan
-from inference import DEMO_LABELS, sample_folder_name
-from sampling import LatentSampler
+from inference import DEMO_LABELS
+from sampling.loop import precision_context
+from sampling.networks import load_model
+from sampling.pipeline import LatentSampler
+from sampling.protocol import folder_name, settings
 from datasets.tiny_latents import write_tiny_latents
 from models.build import build_model
 
@@ -96,7 +99,7 @@ def test_demo_mode_writes_the_grid(setup, capsys):
 
 def test_skip_uncond_and_bf16_options(setup):
     cfg = load_config(CONFIG, [a for a in setup["args"][1:] if "=" in a])
-    model = inference.load_model(cfg, torch.device("cpu"))
+    model = load_model(cfg, torch.device("cpu"))
     z = sample_noise(range(4), (4, 4, 4), 0)
     y = sample_labels(range(4), 10, 0)
     ref = LatentSampler(cfg, model, skip_uncond=False)(z, y)
@@ -105,11 +108,11 @@ def test_skip_uncond_and_bf16_options(setup):
     assert fast_sampler.num_cond_only > 0  # some evaluations skipped the unconditional half
     torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-4)
     cfg16 = load_config(CONFIG, [a for a in setup["args"][1:] if "=" in a] + ["sample.precision=bf16"])
-    with inference.precision_context(cfg16, torch.device("cpu")):
+    with precision_context(cfg16, torch.device("cpu")):
         low = LatentSampler(cfg16, model)(z, y)
     assert low.dtype == torch.float32 or low.dtype == torch.bfloat16
     assert (low.float() - ref).abs().mean() < 0.1 * ref.abs().mean()
-    assert sample_folder_name(cfg16).endswith("-bf16")
+    assert folder_name(settings(cfg16)).endswith("-bf16")
 
 
 def test_labels_and_noise_depend_only_on_seed_and_index():
@@ -141,6 +144,27 @@ def test_work_plan_follows_reference_index_order():
 def test_folder_name_of_released_config():
     cfg = load_config(str(REPO / "configs/reproductions/lightningdit_xl_vavae_f16d32_800ep_cfg.yaml"),
                       ["ckpt_path=/ckpt/lightningdit-xl-imagenet256-800ep.pt"])
-    assert sample_folder_name(cfg) == ("lightningdit-xl-1-ckpt-lightningdit-xl-imagenet256-800ep-euler-250"
+    assert folder_name(settings(cfg)) == ("lightningdit-xl-1-ckpt-lightningdit-xl-imagenet256-800ep-euler-250"
                                        "-interval0.12-cfg6.70-shift0.30")
     assert DEMO_LABELS == (975, 3, 207, 387, 388, 88, 979, 279)
+
+
+@pytest.mark.slow  # two launched processes (about 20 s of CPU)
+def test_two_processes_write_the_same_images(setup, fid_run):
+    """World-size invariance of the sampling loop: 2 processes (gloo, CPU) split the indices
+    differently but write the images of one process."""
+    import os
+    import subprocess
+    import sys
+    folder, pngs = fid_run
+    launcher = ["bash", "-c", f'source "{REPO}/tools/launch.sh"; launch "$@"', "launch", str(REPO / "inference.py")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), GPUS_PER_NODE="2", MASTER_PORT="29571")
+    proc = subprocess.run(launcher + setup["args"] + ["train.exp_name=two"], env=env, cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    two = setup["root"] / "out" / "two" / folder.name
+    assert json.loads((two / "protocol.json").read_text())["world_size"] == 2
+    for name in pngs:
+        a, b = (np.asarray(Image.open(f / name)).astype(int) for f in (folder, two))
+        assert np.abs(a - b).max() <= 1, name
+    assert np.array_equal(np.load(f"{two}.npz")["arr_1"], np.load(f"{folder}.npz")["arr_1"])

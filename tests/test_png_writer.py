@@ -1,8 +1,8 @@
-"""inference.PNGWriter: the background writer of the FID loop writes exactly what save_png writes."""
+"""sampling.loop.PNGWriter: the background writer of the FID loop writes exactly what save_png writes."""
 import numpy as np
 import pytest
 
-from inference import PNGWriter, save_png
+from sampling.loop import PNGWriter, save_png
 
 
 def test_writer_output_identical_to_direct_writes(tmp_path):

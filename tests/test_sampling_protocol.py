@@ -1,4 +1,4 @@
-"""Sample folders bind to their inputs by content (inference.py protocol.json): a resumed FID run
+"""Sample folders bind to their inputs by content (sampling/protocol.py: protocol.json): a resumed FID run
 whose checkpoint weights, tokenizer weights or latent stats changed stops, naming what changed,
 even when the file keeps its path and byte size; the same weights in another file format resume.
 Tiny random LightningDiT and tokenizer on CPU."""
@@ -12,6 +12,7 @@ import torch
 
 import inference
 from configs.schema import load_config
+from sampling.protocol import ADDED, check_protocol, folder_name, settings
 from datasets.tiny_latents import write_tiny_latents
 from models.build import build_model
 from training.rundir import LOCK_NAME
@@ -113,9 +114,9 @@ def test_changed_tokenizer_weights_are_refused(run):
     old = {**new, "vae_sha256": "0" * 64}
     path.write_text(json.dumps(old))
     with pytest.raises(ValueError, match="tokenizer weights"):
-        inference.check_protocol(path, new)
+        check_protocol(path, new)
     path.write_text(json.dumps({k: v for k, v in new.items() if not k.endswith("_sha256")}))
-    inference.check_protocol(path, new)  # a folder from before content hashes: warned, not refused
+    check_protocol(path, new)  # a folder from before content hashes: warned, not refused
     path.write_text(json.dumps(new))
 
 
@@ -129,3 +130,32 @@ def test_overwrite_moves_the_old_samples_aside(run):
     assert snapshot(next(p for p in aside if p.is_dir())) == pngs
     assert snapshot(folder) == pngs  # resampled: the same seeds give the same images
     assert np.load(f"{folder}.npz")["arr_0"].shape[0] == 4
+
+
+def test_folders_written_before_later_entries_resume(run):
+    """protocol.json of an older version lacks the entries added since (AutoGuidance, SFD, SDE
+    settings, reverse, ...): they count as the values those folders were sampled with."""
+    path = run["folder"] / "protocol.json"
+    new = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in new.items() if k not in ADDED}))
+    resume(run)
+    path.write_text(json.dumps({k: v for k, v in new.items() if k not in ADDED} | {"reverse": True}))
+    with pytest.raises(ValueError, match=r"different settings \(reverse: True -> False\)"):
+        resume(run)
+    path.write_text(json.dumps(new))
+
+
+def test_folder_name_derives_from_the_protocol_alone():
+    base = settings(load_config(CONFIG, ["ckpt_path=/c/0000100.pt"]))
+    assert folder_name(base) == "lightningdit-b-1-ckpt-0000100-euler-50-interval0.10-cfg4.00-shift0.30"
+    sfd = {**base, "autoguidance": True, "guide_ckpt_path": "/g/0070000.pt", "cfg_scale_sem": 2.0,
+           "interval_mode": "tex", "label_mode": "balanced"}
+    assert folder_name(sfd) == ("lightningdit-b-1-ckpt-0000100-euler-50-interval0.10-cfg4.00-shift0.30-cfgmodetex"
+                                "-ag0070000-cfgsem2.00-cfgtex4.00-balanced")
+    unguided = {**sfd, "cfg_scale": 1.0}  # guidance settings name nothing when there is no guidance
+    assert folder_name(unguided) == "lightningdit-b-1-ckpt-0000100-euler-50-balanced"
+    assert folder_name({**base, "reverse": True, "mode": "SDE"}).endswith("-shift0.30-sde-reverse")
+    older = {k: v for k, v in base.items() if k not in ADDED}  # an older protocol.json names the same folder
+    assert folder_name(older) == folder_name(base)
+    balanced = settings(load_config(CONFIG, ["ckpt_path=/c/0000100.pt", "sample.balanced_sampling=true"]))
+    assert balanced["label_mode"] == "balanced"  # SFD's key for the same labels

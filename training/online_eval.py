@@ -7,9 +7,14 @@ for seed `train.global_seed` and the i-th label of a seeded class-balanced permu
 (`sample_labels(..., "balanced")`). Rank r samples images r, r + W, ... with the cheap sampler
 `train.eval_steps` Euler steps and guidance `train.eval_cfg_scale`; the main process gathers them.
 
+The images come from the sampling loop of FID sampling (sampling/loop.py: the same noise and
+labels per index, the network under `sample.precision`), with classifier-free guidance only
+(AutoGuidance and SFD's per-part scales are inference settings: evaluation guides every part with
+`train.eval_cfg_scale`).
+
 What needs files is optional: without tokenizer weights the grid shows latent channels 0-2 and
 there is no FID; without `data.fid_reference_file` or Inception weights ($ADM_INCEPTION_WEIGHTS)
-there is no FID. What is skipped is logged once. The metrics are ADM's (evaluation.adm_metrics),
+there is no FID. What is skipped is logged once. The metrics are ADM's (evaluation/adm.py),
 but over `train.eval_num` images: compare runs at equal eval_num, not with the 50k-image FID.
 """
 from __future__ import annotations
@@ -24,6 +29,7 @@ from omegaconf import OmegaConf
 
 from datasets.order import sample_labels, sample_noise
 from models.build import latent_size
+from sampling.loop import generate
 from sampling.pipeline import Decoder, LatentSampler
 from training.metrics import MetricsSink
 from utils.fileio import atomic_write
@@ -46,9 +52,12 @@ def eval_set(cfg, rank: int, world_size: int) -> Tuple[List[int], torch.Tensor, 
 
 
 def eval_sampling_config(cfg):
-    """`cfg` with the cheap evaluation sampler: ODE, Euler, `train.eval_steps` steps."""
-    return OmegaConf.merge(cfg, {"sample": {"mode": "ODE", "sampling_method": "euler",
-                                            "num_sampling_steps": cfg.train.eval_steps}})
+    """`cfg` with the cheap evaluation sampler: ODE, Euler, `train.eval_steps` steps, forward, and
+    classifier-free guidance at `train.eval_cfg_scale` on every part."""
+    return OmegaConf.merge(cfg, {"sample": {"mode": "ODE", "sampling_method": "euler", "reverse": False,
+                                            "num_sampling_steps": cfg.train.eval_steps,
+                                            "cfg_scale": cfg.train.eval_cfg_scale, "autoguidance": False,
+                                            "cfg_scale_tex": None, "cfg_scale_sem": None}})
 
 
 def image_grid(images: np.ndarray, cols: int = 8) -> np.ndarray:
@@ -81,8 +90,9 @@ class OnlineEvaluator:
                  random_init: bool = False):
         self.cfg, self.rt, self.ema, self.sink = cfg, rt, ema, sink
         self.out_dir = Path(run_dir) / "eval"
-        self.sampler = LatentSampler(eval_sampling_config(cfg), ema, cfg_scale=cfg.train.eval_cfg_scale)
-        self.indices, self.noise, self.labels = eval_set(cfg, rt.rank, rt.world_size)
+        self.sampling_cfg = eval_sampling_config(cfg)
+        self.sampler = LatentSampler(self.sampling_cfg, ema)
+        self.indices = eval_set(cfg, rt.rank, rt.world_size)[0]
         skipped = []
         self.decoder = self.extractor = self.ref_stats = None
         try:
@@ -99,6 +109,7 @@ class OnlineEvaluator:
 
     def _load_fid_reference(self, random_init: bool) -> List[str]:
         """Inception network and reference statistics, once; returns what is skipped."""
+        from evaluation.adm import reference_statistics
         from evaluation.inception import InceptionFeatureExtractor
 
         ref = self.cfg.data.fid_reference_file
@@ -115,13 +126,13 @@ class OnlineEvaluator:
 
     @torch.no_grad()
     def generate(self) -> torch.Tensor:
-        """This rank's images (uint8 NHWC) or, without a tokenizer, latents (float32 NCHW)."""
-        out, b = [], self.cfg.train.eval_batch_size
-        for lo in range(0, len(self.indices), b):
-            z = self.noise[lo: lo + b].to(self.rt.device)
-            y = self.labels[lo: lo + b].to(self.rt.device)
-            x = self.sampler(z, y)
-            out.append(torch.from_numpy(self.decoder(x)) if self.decoder is not None else x.float().cpu())
+        """This rank's images (uint8 NHWC) or, without a tokenizer, latents (float32 NCHW): the
+        images of `eval_set`, through the sampling loop of FID sampling."""
+        b = self.cfg.train.eval_batch_size
+        batches = [self.indices[lo: lo + b] for lo in range(0, len(self.indices), b)]
+        out = [torch.from_numpy(images) if self.decoder is not None else images.float().cpu()
+               for _, images in generate(self.sampling_cfg, self.sampler, self.decoder, batches, self.rt.device,
+                                         total=self.cfg.train.eval_num, labels="balanced")]
         return torch.cat(out)
 
     def gather(self, images: torch.Tensor) -> torch.Tensor:
@@ -148,7 +159,8 @@ class OnlineEvaluator:
             self.sink.log_image("Eval/samples", grid, step)
             row = {"step": step, "eval_num": len(images)}
             if self.extractor is not None:
-                row.update(sample_metrics(images, self.extractor, self.ref_stats))
+                from evaluation.adm import image_metrics
+                row.update({f"eval_{k}": v for k, v in image_metrics(images, self.extractor, self.ref_stats).items()})
             self.sink.log(row)
             if "eval_fid" in row:
                 self.sink.plot("fid_curve.png", EVAL_CURVES, ylabel="FID", log_scale=False)
@@ -161,34 +173,3 @@ class OnlineEvaluator:
 def _save_png(image: np.ndarray, path) -> None:
     from PIL import Image
     Image.fromarray(image).save(path, format="png")
-
-
-def reference_statistics(path: str, extractor) -> dict:
-    """mu, sigma, mu_s, sigma_s of an ADM reference batch (stored ones, else computed once)."""
-    from evaluation.adm_metrics import compute_statistics
-    from evaluation.inception import compute_activations
-    from evaluation.npz import read_batch_images, read_batch_statistics
-
-    stats = read_batch_statistics(path)
-    if stats is not None:
-        return stats
-    reader = read_batch_images(path)
-    acts = compute_activations(reader.iter_batches(64), extractor, 64, keys=("pool", "spatial"),
-                               total=len(reader), desc="reference")
-    mu, sigma = compute_statistics(acts["pool"])
-    mu_s, sigma_s = compute_statistics(acts["spatial"])
-    return {"mu": mu, "sigma": sigma, "mu_s": mu_s, "sigma_s": sigma_s}
-
-
-def sample_metrics(images: np.ndarray, extractor, ref: dict) -> dict:
-    """ADM's FID, sFID and Inception Score of uint8 images against reference statistics (the
-    Frechet trace by the "eigh" form: several times faster than sqrtm at 2048-d, same to ~1e-8)."""
-    from evaluation.adm_metrics import compute_statistics, frechet_distance, inception_score
-    from evaluation.inception import compute_activations
-
-    acts = compute_activations(images, extractor, 64, keys=("pool", "spatial", "probs"), desc="eval")
-    mu, sigma = compute_statistics(acts["pool"])
-    mu_s, sigma_s = compute_statistics(acts["spatial"])
-    return {"eval_fid": frechet_distance(mu, sigma, ref["mu"], ref["sigma"], method="eigh"),
-            "eval_sfid": frechet_distance(mu_s, sigma_s, ref["mu_s"], ref["sigma_s"], method="eigh"),
-            "eval_inception_score": inception_score(acts["probs"])}

@@ -205,14 +205,17 @@ class GaussianDiffusion:
 
     def training_losses(self, model: Callable[..., Tensor], x1: Tensor, model_kwargs: Optional[dict] = None,
                         t: Optional[Tensor] = None, x0: Optional[Tensor] = None, *,
-                        generator: Optional[torch.Generator] = None,
-                        step: Optional[int] = None) -> Dict[str, Tensor]:
+                        generator: Optional[torch.Generator] = None, step: Optional[int] = None,
+                        repa_target: Optional[Tensor] = None) -> Dict[str, Tensor]:
         """Per-sample hybrid loss for the data batch x1 (B, C, H, W) (argument names as
         `Transport.training_losses`: x1 is the data x_0 of DDPM, x0 the noise eps).
 
-        Returns {'loss': mse + vb, 'mse', 'vb', 'pred'}, each loss (B,) float32. With learned
-        sigma the network is called with `return_sigma=True` to get its 2C channels.
+        Returns {'loss': mse + vb (the optimised term), 'mse', 'vb' (log-only: their names do not
+        end in 'loss'), 'pred'}, each term (B,) float32. With learned sigma the network is called
+        with `return_sigma=True` to get its 2C channels. REPA is not part of this objective.
         """
+        if repa_target is not None:
+            raise ValueError("transport.objective ddpm has no REPA term: set model.use_repa to false")
         model_kwargs = {} if model_kwargs is None else dict(model_kwargs)
         if t is None:
             t = self.sample_t(x1.shape[0], generator=generator, step=step)

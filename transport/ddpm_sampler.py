@@ -1,17 +1,17 @@
-"""DiT's DDPM sampler: the respaced ancestral chain (250 of 1000 steps) with classifier-free guidance.
+"""DiT's DDPM sampler: the respaced ancestral chain (250 of 1000 steps).
 
 - `space_timesteps(1000, "250")` keeps 250 original steps (0, 4, 8, ..., 999: stride 999/249 with
   Python's rounding, three gaps of 5); `respace` builds the chain on them with
   beta'_i = 1 - abar_{tau_i} / abar_{tau_{i-1}}, so abar'_i = abar_{tau_i}. The network sees the
-  original index tau_i, and its variance output v interpolates the *respaced* beta'_i and
-  posterior variance (DiT's `SpacedDiffusion`).
+  original index tau_i (`DDPMSampler.timestep_map[i]`), and its variance output v interpolates
+  the *respaced* beta'_i and posterior variance (DiT's `SpacedDiffusion`).
 - `DDPMSampler` runs x <- mean + 1[i > 0] exp(log Sigma / 2) noise from i = T'-1 down to 0,
   drawing fresh noise at every step (also i = 0) from the generator passed in, without clipping
   x_0. The result at i = 0 is the last step's predicted x_0.
-- Guidance follows DiT's `forward_with_cfg`: one network pass on [x; x] with labels [y; null];
-  guided = uncond + s (cond - uncond) on the first `cfg_channels` eps channels (3 in DiT, a
-  quirk kept as the default); the other eps channels and the variance channels stay conditional.
-  Only the conditional half is integrated (DiT integrates both halves and discards the second).
+- The network is reached through one `denoiser(x, i)` with i the respaced step index (a host
+  int): it returns the raw output [eps, v] with guidance already applied (sampling/guidance.py;
+  DiT guides the first 3 eps channels of one pass on [x; x] with labels [y; null] and keeps the
+  variance channels conditional).
 """
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ from .ddpm import GaussianDiffusion
 from .integrators import randn_like
 
 __all__ = ["space_timesteps", "respace", "DDPMSampler"]
+
+# denoiser(x (n, C, H, W), i) -> raw network output (n, 2C or C, H, W) at respaced step i.
+StepDenoiser = Callable[[Tensor, int], Tensor]
 
 
 def space_timesteps(num_timesteps: int, section_counts: Union[str, Sequence[int]]) -> Set[int]:
@@ -70,47 +73,29 @@ def respace(diffusion: GaussianDiffusion, kept: Set[int]) -> GaussianDiffusion:
 
 
 class DDPMSampler:
-    """Ancestral sampling of the respaced chain: sampler(z, model, y, generator) -> x_0 samples.
+    """Ancestral sampling of the respaced chain: sampler(z, denoiser, generator) -> x_0 samples.
 
-    model: LightningDiT-like, called as model(x, t, y, return_sigma=True) (learned sigma) or
-    model(x, t, y) with integer original timesteps t. cfg_scale > 1 doubles the batch inside
-    each call; cfg_channels None guides every eps channel.
+    `timestep_map[i]` is the original step the network sees at respaced step i; `learn_sigma`
+    whether it returns the 2C channels [eps, v] (called with return_sigma=True) or eps alone.
+    `num_calls` counts denoiser calls over the sampler's lifetime.
     """
 
-    def __init__(self, diffusion: GaussianDiffusion, num_sampling_steps: Union[int, str] = 250, *,
-                 cfg_scale: float = 1.0, cfg_channels: Optional[int] = 3, null_class: int = 1000):
+    def __init__(self, diffusion: GaussianDiffusion, num_sampling_steps: Union[int, str] = 250):
         self.diffusion = respace(diffusion, space_timesteps(diffusion.num_timesteps, str(num_sampling_steps)))
-        self.cfg_scale = cfg_scale
-        self.cfg_channels = cfg_channels
-        self.null_class = null_class
+        self.timestep_map: List[int] = self.diffusion.timestep_map.tolist()
+        self.learn_sigma = self.diffusion.learn_sigma
         self.num_calls = 0
 
-    def model_output(self, model: Callable[..., Tensor], x: Tensor, t: Tensor, y: Tensor) -> Tensor:
-        """The network output for the current states x (n, C, H, W), guided when cfg_scale > 1."""
-        kwargs = {"return_sigma": True} if self.diffusion.learn_sigma else {}
-        self.num_calls += 1
-        if self.cfg_scale <= 1.0:
-            return model(x, t, y, **kwargs)
-        n, c = x.shape[0], x.shape[1]
-        k = c if self.cfg_channels is None else int(self.cfg_channels)
-        if not 0 < k <= c:
-            raise ValueError(f"cfg_channels must be None or in [1, {c}], got {self.cfg_channels!r}")
-        out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, self.null_class)]), **kwargs)
-        cond, uncond = out[:n], out[n:]
-        guided = uncond[:, :k] + self.cfg_scale * (cond[:, :k] - uncond[:, :k])
-        return torch.cat([guided, cond[:, k:]], dim=1)
-
     @torch.no_grad()
-    def __call__(self, z: Tensor, model: Callable[..., Tensor], y: Tensor,
-                 generator: Optional[torch.Generator] = None) -> Tensor:
-        """z (n, C, H, W) the start noise, y (n,) labels; the per-step noise comes from
-        `generator` (on its own device), so a seeded generator reproduces the samples."""
+    def __call__(self, z: Tensor, denoiser: StepDenoiser, generator: Optional[torch.Generator] = None) -> Tensor:
+        """z (n, C, H, W) the start noise; the per-step noise comes from `generator` (on its own
+        device), so a seeded generator reproduces the samples."""
         diffusion, x = self.diffusion, z
         for i in reversed(range(diffusion.num_timesteps)):
             t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
-            out = self.model_output(model, x, diffusion.model_timesteps(t), y).to(x.dtype)
+            out = denoiser(x, i).to(x.dtype)
+            self.num_calls += 1
             p = diffusion.p_mean_variance(out, x, t)
             noise = randn_like(x, generator)  # drawn at i = 0 too, as DiT
             x = p["mean"] + torch.exp(0.5 * p["log_variance"]) * noise if i > 0 else p["mean"]
         return x
-

@@ -8,16 +8,15 @@ u_t = d_alpha_t x1 + d_sigma_t x0.
 - GVPCPlan (`GVP`): alpha = sin(pi t / 2), sigma = cos(pi t / 2).
 - VPCPlan (`VP`): the variance-preserving schedule with sigma_min = 0.1, sigma_max = 20.
 
-All coefficient methods take t already broadcast to x (use `utils.expand_t_like_x`) and return
-(value, time derivative).
+Every method takes the time already broadcast against x: (B, 1, ..., 1) for one time per sample,
+or (B, C, 1, ..., 1) when channel groups run at their own times (transport/schedule.py); callers
+broadcast once. Coefficient methods return (value, time derivative).
 """
 import math
 from typing import Tuple
 
 import torch
 from torch import Tensor
-
-from .utils import expand_t_like_x
 
 # Diffusion coefficient forms of `compute_diffusion`. The reference spells the last one
 # "inccreasing-decreasing" (docs/reference_behaviour.md §2.2); both spellings are accepted.
@@ -27,9 +26,6 @@ DIFFUSION_FORMS = ("constant", "SBDM", "sigma", "linear", "decreasing",
 
 class ICPlan:
     """Linear interpolant: alpha_t = t, sigma_t = 1 - t, so u_t = x1 - x0."""
-
-    def __init__(self, sigma: float = 0.0):
-        self.sigma = sigma
 
     def compute_alpha_t(self, t: Tensor) -> Tuple[Tensor, Tensor]:
         return t, torch.ones_like(t)
@@ -45,9 +41,7 @@ class ICPlan:
         """The probability-flow drift split as velocity = -drift_mean + drift_var * score.
 
         Returns (drift_mean, drift_var) = (-(d_alpha/alpha) x, (d_alpha/alpha) sigma^2 - sigma d_sigma).
-        `t` has shape (B,); outputs broadcast against x (B, ...).
         """
-        t = expand_t_like_x(t, x)
         ratio = self.compute_d_alpha_alpha_ratio_t(t)
         sigma_t, d_sigma_t = self.compute_sigma_t(t)
         return -ratio * x, ratio * sigma_t ** 2 - sigma_t * d_sigma_t
@@ -55,12 +49,11 @@ class ICPlan:
     def compute_diffusion(self, x: Tensor, t: Tensor, form: str = "constant", norm: float = 1.0) -> Tensor:
         """Diffusion coefficient g(t) of the sampling SDE dx = (v + g s) dt + sqrt(2 g) dW.
 
-        `t` has shape (B,). "SBDM" uses the probability-flow variance (singular at t = 0 for the
-        Linear/GVP paths, which is why SDE sampling starts at t0 > 0; see Transport.check_interval).
+        "SBDM" uses the probability-flow variance (singular at t = 0 for the Linear/GVP paths,
+        which is why SDE sampling starts at t0 > 0; see Transport.check_interval).
         """
         if form == "SBDM":
             return norm * self.compute_drift(x, t)[1]
-        t = expand_t_like_x(t, x)
         if form == "constant":
             return torch.full_like(t, norm)
         if form == "sigma":
@@ -74,50 +67,33 @@ class ICPlan:
         raise ValueError(f"unknown diffusion form {form!r}; expected one of {DIFFUSION_FORMS}")
 
     def get_score_from_velocity(self, velocity: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        """score = -E[x0 | x_t] / sigma_t, from a velocity prediction. t: (B,)."""
-        t = expand_t_like_x(t, x)
+        """score = -E[x0 | x_t] / sigma_t, from a velocity prediction."""
         alpha_t, d_alpha_t = self.compute_alpha_t(t)
         sigma_t, d_sigma_t = self.compute_sigma_t(t)
         reverse_ratio = alpha_t / d_alpha_t
         var = sigma_t ** 2 - reverse_ratio * d_sigma_t * sigma_t
         return (reverse_ratio * velocity - x) / var
 
-    def get_noise_from_velocity(self, velocity: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        """E[x0 | x_t] from a velocity prediction. t: (B,)."""
-        t = expand_t_like_x(t, x)
-        alpha_t, d_alpha_t = self.compute_alpha_t(t)
-        sigma_t, d_sigma_t = self.compute_sigma_t(t)
-        reverse_ratio = alpha_t / d_alpha_t
-        var = reverse_ratio * d_sigma_t - sigma_t
-        return (reverse_ratio * velocity - x) / var
-
     def get_velocity_from_score(self, score: Tensor, x: Tensor, t: Tensor) -> Tensor:
-        """Velocity = drift_var * score - drift_mean. t: (B,)."""
+        """Velocity = drift_var * score - drift_mean."""
         drift_mean, drift_var = self.compute_drift(x, t)
         return drift_var * score - drift_mean
 
-    def compute_mu_t(self, t: Tensor, x0: Tensor, x1: Tensor) -> Tensor:
-        t = expand_t_like_x(t, x1)
+    def compute_xt(self, t: Tensor, x0: Tensor, x1: Tensor) -> Tensor:
+        """x_t = alpha_t x1 + sigma_t x0 (the interpolant is deterministic given x0, x1)."""
         alpha_t, _ = self.compute_alpha_t(t)
         sigma_t, _ = self.compute_sigma_t(t)
         return alpha_t * x1 + sigma_t * x0
 
-    def compute_xt(self, t: Tensor, x0: Tensor, x1: Tensor) -> Tensor:
-        """x_t = alpha_t x1 + sigma_t x0 (the interpolant is deterministic given x0, x1)."""
-        return self.compute_mu_t(t, x0, x1)
-
-    def compute_ut(self, t: Tensor, x0: Tensor, x1: Tensor, xt: Tensor) -> Tensor:
+    def compute_ut(self, t: Tensor, x0: Tensor, x1: Tensor) -> Tensor:
         """Target velocity u_t = d_alpha_t x1 + d_sigma_t x0."""
-        t = expand_t_like_x(t, x1)
         _, d_alpha_t = self.compute_alpha_t(t)
         _, d_sigma_t = self.compute_sigma_t(t)
         return d_alpha_t * x1 + d_sigma_t * x0
 
-    def plan(self, t: Tensor, x0: Tensor, x1: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """(t (B,), x_t (B, ...), u_t (B, ...)) for noise x0 and data x1."""
-        xt = self.compute_xt(t, x0, x1)
-        ut = self.compute_ut(t, x0, x1, xt)
-        return t, xt, ut
+    def plan(self, t: Tensor, x0: Tensor, x1: Tensor) -> Tuple[Tensor, Tensor]:
+        """(x_t, u_t), both (B, C, ...), for noise x0 and data x1 at the broadcast times t."""
+        return self.compute_xt(t, x0, x1), self.compute_ut(t, x0, x1)
 
 
 class VPCPlan(ICPlan):
@@ -149,7 +125,6 @@ class VPCPlan(ICPlan):
 
     def compute_drift(self, x: Tensor, t: Tensor) -> Tuple[Tensor, Tensor]:
         """(-beta_t x / 2, beta_t / 2) with beta_t = sigma_min + (1 - t)(sigma_max - sigma_min)."""
-        t = expand_t_like_x(t, x)
         beta_t = self.sigma_min + (1 - t) * (self.sigma_max - self.sigma_min)
         return -0.5 * beta_t * x, beta_t / 2
 

@@ -21,7 +21,7 @@ from models.lightningdit import LightningDiT, LightningDiT_models
 from tokenizer.foundation import FOUNDATION_MODELS
 from tokenizer.losses import DISC_LOSSES
 from tokenizer.train_config import TokenizerTrainConfig, load_train_config, validate_train_config
-from transport import Sampler, create_transport, make_guided_sampler
+from transport import Sampler, create_transport
 from transport.integrators import LAST_STEPS, ODE_METHODS, SDE_METHODS
 from transport.path import DIFFUSION_FORMS
 
@@ -303,13 +303,11 @@ def test_transport_and_sampler_defaults_are_the_schema_defaults():
     tr, s = TransportConfig(), SampleConfig()
     assert {k: v for k, v in signature_defaults(create_transport).items() if hasattr(tr, k)} == {
         k: getattr(tr, k) for k in ("path_type", "prediction", "loss_weight", "train_eps", "sample_eps",
-                                    "use_cosine_loss", "use_lognorm", "lognorm_until_step")}
+                                    "use_cosine_loss", "use_lognorm", "lognorm_until_step", "mask_clipped_phases")}
     sde = signature_defaults(Sampler.sample_sde)
     assert (sde["sampling_method"] in SDE_METHODS and sde["num_steps"] == s.num_sampling_steps
             and (sde["diffusion_form"], sde["diffusion_norm"], sde["last_step"], sde["last_step_size"])
             == (s.diffusion_form, s.diffusion_norm, s.last_step, s.last_step_size))
-    guided = signature_defaults(make_guided_sampler)
-    assert (guided["sampling_method"], guided["num_steps"]) == (s.sampling_method, s.num_sampling_steps)
     # Sampler.sample_ode keeps SiT's defaults (§2.5); the pipeline always passes the config's.
     ode = signature_defaults(Sampler.sample_ode)
     assert {k: ode[k] for k in ("sampling_method", "num_steps")} == {

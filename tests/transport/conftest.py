@@ -64,6 +64,12 @@ class TinyCFGModel(nn.Module):
         return torch.cat([torch.cat([guided, guided]), rest], dim=1)
 
 
+def as_denoiser(fn):
+    """A denoiser(x, s) (s a host float) from fn(x, t (B,)): t = full((B,), s) in float32, the
+    reference's `ones(B) * t`."""
+    return lambda x, s: fn(x, torch.full((x.shape[0],), s, dtype=torch.float32, device=x.device))
+
+
 class CallCounter:
     """Wrap a model callable, recording the batch size of every call."""
 

@@ -320,46 +320,44 @@ class OptimalGaussianModel:
         return torch.cat([eps, v.expand_as(eps)], dim=1).to(x.dtype)
 
 
+def model_denoiser(model, sampler, y):
+    """denoiser(x, i) of an unguided network called with the original timestep of step i."""
+    return lambda x, i: model(x, torch.full((x.shape[0],), sampler.timestep_map[i], dtype=torch.long), y,
+                              return_sigma=True)
+
+
 def test_ancestral_sampler_reproduces_gaussian_data(ddpm):
     m, s = [1.5, -0.5, 0.0, 0.8], [0.5, 1.0, 0.2, 1.4]
     sampler = DDPMSampler(ddpm, 250)
+    assert sampler.timestep_map[:3] == [0, 4, 8] and sampler.timestep_map[-1] == 999 and sampler.learn_sigma
     model = OptimalGaussianModel(ddpm, sampler.diffusion, m, s)
     n = 2000
     z = torch.randn(n, 4, 2, 2, generator=torch.Generator().manual_seed(0))
     y = torch.zeros(n, dtype=torch.long)
-    x = sampler(z, model, y, generator=torch.Generator().manual_seed(1))
-    assert sampler.num_calls == 250 and len(model.labels) == 250
+    steps = []
+    denoiser = model_denoiser(model, sampler, y)
+    x = sampler(z, lambda x_, i: steps.append(i) or denoiser(x_, i), generator=torch.Generator().manual_seed(1))
+    assert sampler.num_calls == 250 and len(model.labels) == 250 and steps == list(range(249, -1, -1))
     flat = x.double().transpose(0, 1).reshape(4, -1)
     assert torch.allclose(flat.mean(1), torch.tensor(m, dtype=F64), atol=0.03)
     assert torch.allclose(flat.std(1) / torch.tensor(s, dtype=F64), torch.ones(4, dtype=F64), atol=0.02)
     # seeded: the same generators give the same samples, another noise seed others
-    again = sampler(z[:8], model, y[:8], generator=torch.Generator().manual_seed(1))
-    other = sampler(z[:8], model, y[:8], generator=torch.Generator().manual_seed(2))
-    assert torch.equal(again, sampler(z[:8], model, y[:8], generator=torch.Generator().manual_seed(1)))
+    few = model_denoiser(model, sampler, y[:8])
+    again = sampler(z[:8], few, generator=torch.Generator().manual_seed(1))
+    other = sampler(z[:8], few, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(again, sampler(z[:8], few, generator=torch.Generator().manual_seed(1)))
     assert not torch.allclose(again, other)
 
 
-def test_guidance_follows_forward_with_cfg_convention(ddpm):
-    """One pass on [x; x] with [y; null]; the first cfg_channels eps channels guided, the rest
-    (eps and v) conditional."""
-    g = torch.Generator().manual_seed(4)
-    weight = torch.randn(11, 8, generator=g)
-
-    def model(x, t, y, return_sigma=False):
-        assert return_sigma
-        base = torch.cat([x, x], dim=1)
-        return base * weight[y].reshape(-1, 8, 1, 1) + t.reshape(-1, 1, 1, 1) / 1000
-
-    x, t, y = torch.randn(3, 4, 2, 2, generator=g), torch.tensor([4, 4, 4]), torch.tensor([1, 2, 3])
-    cond, uncond = model(x, t, y, True), model(x, t, torch.full_like(y, 10), True)
-    for channels, k in ((3, 3), (None, 4), (1, 1)):
-        sampler = DDPMSampler(ddpm, 10, cfg_scale=4.0, cfg_channels=channels, null_class=10)
-        out = sampler.model_output(model, x, t, y)
-        expected = cond.clone()
-        expected[:, :k] = uncond[:, :k] + 4.0 * (cond[:, :k] - uncond[:, :k])
-        assert torch.allclose(out, expected, atol=1e-6)
-    plain = DDPMSampler(ddpm, 10, cfg_scale=1.0).model_output(model, x, t, y)
-    assert torch.equal(plain, cond)
+def test_training_terms_are_named_and_repa_is_refused(ddpm):
+    x1 = torch.randn(3, 4, 2, 2)
+    model = lambda x, t, return_sigma=False: torch.cat([x, torch.zeros_like(x)], dim=1) * 0.5
+    terms = ddpm.training_losses(model, x1, t=torch.tensor([0, 10, 999]), x0=torch.randn_like(x1))
+    assert set(terms) == {"pred", "loss", "mse", "vb"}
+    assert [k for k in terms if k.endswith("loss")] == ["loss"]  # mse and vb are log-only
+    torch.testing.assert_close(terms["loss"], terms["mse"] + terms["vb"])
+    with pytest.raises(ValueError, match="use_repa"):
+        ddpm.training_losses(model, x1, repa_target=torch.zeros(3, 8, 2, 2))
 
 
 # ---------------------------------------------------------------------------------- with LightningDiT
@@ -439,8 +437,15 @@ def test_latent_sampler_runs_the_ddpm_chain(one_thread):
             p.add_(0.05 * torch.randn_like(p))
     z, y = torch.randn(3, 4, 4, 4, generator=torch.Generator().manual_seed(0)), torch.tensor([1, 2, 3])
     out = LatentSampler(cfg, model)(z, y, sde_seed=5)
-    direct = DDPMSampler(build_transport(cfg), 20, cfg_scale=2.0, cfg_channels=3, null_class=10)
-    expected = direct(z, model, y, generator=torch.Generator().manual_seed(5))
+    direct = DDPMSampler(build_transport(cfg), 20)
+
+    def guided(x, i):  # DiT's forward_with_cfg: one pass on [x; x], the first 3 eps channels guided
+        t = torch.full((6,), direct.timestep_map[i])
+        both = model(torch.cat([x, x]), t, torch.cat([y, torch.full_like(y, 10)]), return_sigma=True)
+        cond, uncond = both[:3], both[3:]
+        return torch.cat([uncond[:, :3] + 2.0 * (cond[:, :3] - uncond[:, :3]), cond[:, 3:]], dim=1)
+
+    expected = direct(z, guided, generator=torch.Generator().manual_seed(5))
     assert torch.equal(out, expected) and torch.isfinite(out).all()
     assert not torch.allclose(out, LatentSampler(cfg, model)(z, y, sde_seed=6))
 

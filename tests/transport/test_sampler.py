@@ -6,7 +6,7 @@ import torch
 
 from transport import Sampler, create_transport
 
-from conftest import GaussianLinearFlow
+from conftest import GaussianLinearFlow, as_denoiser
 
 M, S = 1.5, 0.5
 
@@ -40,7 +40,7 @@ def test_euler_makes_n_minus_1_calls_and_steps_exactly():
         return torch.sin(3 * x) + t[:, None]
 
     x0 = torch.randn(3, 2)
-    traj = sampler.sample_ode("euler", num_steps=n, timestep_shift=0.3)(x0, model)
+    traj = sampler.sample_ode("euler", num_steps=n, timestep_shift=0.3)(x0, as_denoiser(model))
     assert traj.shape == (n, 3, 2)
     assert len(calls) == n - 1
     assert torch.equal(torch.stack([c[0] for c in calls]), grid[:-1])  # never evaluated at t = 1
@@ -63,7 +63,7 @@ def test_fixed_grid_methods_step_between_grid_points(method, per_step):
         return -x
 
     x0 = torch.ones(2, 1, dtype=torch.float64)
-    traj = sampler.sample_ode(method, num_steps=n, timestep_shift=0.3)(x0, model)
+    traj = sampler.sample_ode(method, num_steps=n, timestep_shift=0.3)(x0, as_denoiser(model))
     assert len(times) == per_step * (n - 1)
     starts = times[::per_step]
     assert starts == pytest.approx(grid[:-1].tolist(), abs=0)
@@ -83,11 +83,11 @@ def test_gaussian_ode_transport_forward_and_reverse(method, tol):
     sampler = Sampler(create_transport())
     z = torch.randn(2000, 2, 2, 2, generator=torch.Generator().manual_seed(0))
     kw = dict(num_steps=100, timestep_shift=0.3, atol=1e-7, rtol=1e-5)
-    x = sampler.sample_ode(method, **kw)(z, flow.velocity)[-1]
+    x = sampler.sample_ode(method, **kw)(z, as_denoiser(flow.velocity))[-1]
     torch.testing.assert_close(x, M + S * z, atol=tol, rtol=0)
     assert x.mean().item() == pytest.approx(M + S * z.mean().item(), abs=tol)
     assert x.std().item() == pytest.approx(S * z.std().item(), abs=tol)
-    back = sampler.sample_ode(method, reverse=True, **kw)(M + S * z, flow.velocity)
+    back = sampler.sample_ode(method, reverse=True, **kw)(M + S * z, as_denoiser(flow.velocity))
     assert back.shape[0] == 100
     torch.testing.assert_close(back[-1], z, atol=tol / S, rtol=0)
 
@@ -96,8 +96,8 @@ def test_dopri5_honours_tolerances():
     flow = GaussianLinearFlow(M, S)
     sampler = Sampler(create_transport())
     z = torch.randn(500, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    loose = sampler.sample_ode("dopri5", num_steps=2, atol=1e-3, rtol=1e-3)(z, flow.velocity)[-1]
-    tight = sampler.sample_ode("dopri5", num_steps=2, atol=1e-9, rtol=1e-9)(z, flow.velocity)[-1]
+    loose = sampler.sample_ode("dopri5", num_steps=2, atol=1e-3, rtol=1e-3)(z, as_denoiser(flow.velocity))[-1]
+    tight = sampler.sample_ode("dopri5", num_steps=2, atol=1e-9, rtol=1e-9)(z, as_denoiser(flow.velocity))[-1]
     err_loose = (loose - (M + S * z)).abs().max().item()
     err_tight = (tight - (M + S * z)).abs().max().item()
     assert err_tight < 1e-7 and err_tight < err_loose
@@ -109,7 +109,7 @@ def test_noise_and_score_models_sample_through_the_drift(prediction):
     tr = create_transport("Linear", prediction)
     model = flow.noise if prediction == "noise" else flow.score
     z = torch.randn(1000, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    x = Sampler(tr).sample_ode("dopri5", num_steps=2, atol=1e-8, rtol=1e-8)(z, model)[-1]
+    x = Sampler(tr).sample_ode("dopri5", num_steps=2, atol=1e-8, rtol=1e-8)(z, as_denoiser(model))[-1]
     # the grid stops at 1 - 1e-3, so the map is m + s z only up to O(1e-3)
     torch.testing.assert_close(x, M + S * z, atol=5e-3, rtol=0)
 
@@ -123,7 +123,7 @@ def test_sde_gaussian_moments(method, last_step):
     g = torch.Generator().manual_seed(0)
     fn = sampler.sample_sde(sampling_method=method, last_step=last_step, num_steps=100, generator=g)
     z = torch.randn(4000, 1, generator=g)
-    states = fn(z, flow.velocity)
+    states = fn(z, as_denoiser(flow.velocity))
     assert states.shape == (100, 4000, 1) and torch.isfinite(states).all()
     x = states[-1]
     assert x.mean().item() == pytest.approx(M, abs=0.03)
@@ -131,7 +131,7 @@ def test_sde_gaussian_moments(method, last_step):
     # reproducible from the generator
     g2 = torch.Generator().manual_seed(0)
     fn2 = sampler.sample_sde(sampling_method=method, last_step=last_step, num_steps=100, generator=g2)
-    assert torch.equal(fn2(torch.randn(4000, 1, generator=g2), flow.velocity)[-1], x)
+    assert torch.equal(fn2(torch.randn(4000, 1, generator=g2), as_denoiser(flow.velocity))[-1], x)
 
 
 def test_sde_rejects_unknown_options():
@@ -139,7 +139,9 @@ def test_sde_rejects_unknown_options():
     with pytest.raises(ValueError, match="Bogus"):
         sampler.sample_sde(last_step="Bogus")
     with pytest.raises(ValueError, match="RK"):
-        sampler.sample_sde(sampling_method="RK", num_steps=3)(torch.zeros(1, 1), lambda x, t: x)
+        sampler.sample_sde(sampling_method="RK", num_steps=3)(torch.zeros(1, 1), lambda x, s: x)
+    with pytest.raises(ValueError, match="rk45"):
+        sampler.sample_ode("rk45")
 
 
 def _gaussian_logpdf(x, m, s):
@@ -155,7 +157,7 @@ def test_likelihood_identity_flow(divergence):
     fn = Sampler(create_transport()).sample_ode_likelihood(atol=1e-9, rtol=1e-9, divergence=divergence,
                                                            generator=torch.Generator().manual_seed(1))
     with torch.no_grad():  # must work from a no-grad context
-        logp, z = fn(x, flow.velocity)
+        logp, z = fn(x, as_denoiser(flow.velocity))
     assert logp.shape == (64,)
     torch.testing.assert_close(z, x, atol=1e-6, rtol=0)
     torch.testing.assert_close(logp, _gaussian_logpdf(x, 0.0, 1.0), atol=1e-6, rtol=0)
@@ -164,12 +166,54 @@ def test_likelihood_identity_flow(divergence):
 def test_likelihood_general_gaussian_and_nonisotropic_field():
     flow = GaussianLinearFlow(M, S)
     x = M + S * torch.randn(32, 2, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    logp, z = Sampler(create_transport()).sample_ode_likelihood(atol=1e-9, rtol=1e-9, divergence="exact")(x, flow.velocity)
+    logp, z = Sampler(create_transport()).sample_ode_likelihood(atol=1e-9, rtol=1e-9, divergence="exact")(x, as_denoiser(flow.velocity))
     torch.testing.assert_close(z, (x - M) / S, atol=1e-6, rtol=0)
     torch.testing.assert_close(logp, _gaussian_logpdf(x, M, S), atol=1e-6, rtol=0)
     # a per-dimension scale field v = a x (Jacobian diag(a)): exact divergence sum(a)
     a = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
     x = torch.randn(8, 3, dtype=torch.float64)
-    logp, z = Sampler(create_transport()).sample_ode_likelihood(atol=1e-10, rtol=1e-10, divergence="exact")(x, lambda x_, t: a * x_)
+    logp, z = Sampler(create_transport()).sample_ode_likelihood(atol=1e-10, rtol=1e-10, divergence="exact")(x, lambda x_, s: a * x_)
     torch.testing.assert_close(z, x * torch.exp(-a), atol=1e-7, rtol=0)
     torch.testing.assert_close(logp, _gaussian_logpdf(z, 0.0, 1.0) - a.sum(), atol=1e-7, rtol=0)
+
+
+class RandomField:
+    """A random nonlinear time-dependent field f(x, t) = tanh(x W) (1 + t) - x t^2 (B, D)."""
+
+    def __init__(self, dim=6, seed=0):
+        self.w = torch.randn(dim, dim, generator=torch.Generator().manual_seed(seed))
+
+    def __call__(self, x, t):
+        t = t.to(x.dtype)[:, None]
+        return torch.tanh(x @ self.w.to(x.dtype)) * (1 + t) - x * t ** 2
+
+
+@pytest.mark.parametrize("method", ["euler", "heun2"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_fixed_grid_steppers_are_torchdiffeq_bit_for_bit(method, reverse, dtype):
+    """Our euler / heun2 against torchdiffeq.odeint on random fields: the same states and the same
+    evaluation times, forward and on the flipped grid, in the state's dtype."""
+    from torchdiffeq import odeint
+    field = RandomField(seed=len(method) + int(reverse))
+    sampler = Sampler(create_transport())
+    for shift in (0.0, 0.3):
+        grid = sampler.ode_grid(23, shift, reverse=reverse)
+        x = torch.randn(5, 6, generator=torch.Generator().manual_seed(1)).to(dtype)
+        ref_times, our_times = [], []
+        ref = odeint(lambda t, x_: ref_times.append(t.item()) or field(x_, torch.ones(5) * t), x, grid, method=method)
+        ours = sampler.sample_ode(method, num_steps=23, timestep_shift=shift, reverse=reverse)(
+            x, lambda x_, s: our_times.append(s) or field(x_, torch.full((5,), s)))
+        assert torch.equal(ours, ref) and our_times == ref_times
+        assert all(type(s) is float for s in our_times)
+
+
+def test_denoiser_gets_host_floats_for_every_method():
+    sampler = Sampler(create_transport())
+    seen = []
+    field = RandomField()
+    for method in ("dopri5", "rk4", "euler_phase"):
+        sampler.sample_ode(method, num_steps=5)(torch.randn(2, 6), lambda x, s: seen.append(s) or field(x, torch.full((2,), s)))
+    g = torch.Generator().manual_seed(0)
+    sampler.sample_sde(sampling_method="Heun", num_steps=5, generator=g)(torch.randn(2, 6), lambda x, s: seen.append(s) or -x)
+    assert len(seen) > 20 and all(type(s) is float for s in seen)

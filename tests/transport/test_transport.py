@@ -27,13 +27,14 @@ def test_eps_rules():
 
 def test_check_interval():
     lin = create_transport()
-    assert lin.check_interval(lin.train_eps, lin.sample_eps, eval=True) == (0.0, 1.0)
-    assert lin.check_interval(0, 0, sde=True, eval=True, last_step_size=0.04) == (1e-3, 0.96)
+    assert lin.check_interval(eval=True) == (0.0, 1.0)
+    assert lin.check_interval(sde=True, eval=True, last_step_size=0.04) == (1e-3, 0.96)
     noise = create_transport("Linear", "noise")
-    assert noise.check_interval(1e-3, 1e-3) == (1e-3, 1 - 1e-3)
+    assert noise.check_interval() == (1e-3, 1 - 1e-3)
     vp = create_transport("VP")
-    assert vp.check_interval(vp.train_eps, vp.sample_eps, eval=True) == (0.0, 1 - 1e-3)
-    assert vp.check_interval(vp.train_eps, vp.sample_eps, eval=True, reverse=True) == pytest.approx((1.0, 1e-3))
+    assert vp.check_interval(eval=True) == (0.0, 1 - 1e-3)
+    assert vp.check_interval() == (0.0, 1 - 1e-5)  # training uses train_eps
+    assert create_transport("Linear", "noise", train_eps=0.1, sample_eps=0.2).check_interval(eval=True) == (0.2, 0.8)
 
 
 @pytest.mark.parametrize("kwargs,name", [({"path_type": "Cosine"}, "Cosine"),
@@ -53,8 +54,9 @@ def test_loss_of_exact_target_is_zero(path_type, prediction, loss_weight):
     x0 = torch.randn_like(x1)
     t = torch.tensor([0.1, 0.3, 0.5, 0.7, 0.9, 0.95], dtype=torch.float64)
     ps = tr.path_sampler
-    _, xt, ut = ps.plan(t, x0, x1)
-    sigma = ps.compute_sigma_t(t)[0][:, None, None, None]
+    tb = t[:, None, None, None]
+    xt, ut = ps.plan(tb, x0, x1)
+    sigma = ps.compute_sigma_t(tb)[0]
     target = {"velocity": ut, "noise": x0, "score": -x0 / sigma}[prediction]
     out = tr.training_losses(lambda x, t_: target, x1, t=t, x0=x0)
     torch.testing.assert_close(out["loss"], torch.zeros(6, dtype=torch.float64), atol=1e-20, rtol=0)

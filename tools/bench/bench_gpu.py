@@ -172,27 +172,21 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def fid_loop(cfg, model, decoder, n_images: int, device, threaded: bool) -> (float, np.ndarray):
-    """Seconds for n_images through the FID loop (sample, decode, PNG encode), and the images."""
+    """Seconds for n_images through the FID loop (sampling/loop.py's `generate`: noise, labels,
+    sampler under sample.precision, decode; then PNG encode), and the images."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from datasets.order import sample_labels, sample_noise
-    from models.build import latent_size
-    from sampling import LatentSampler
+    from sampling.loop import generate
+    from sampling.pipeline import LatentSampler
 
-    s, seed = cfg.sample, cfg.train.global_seed
+    b = cfg.sample.per_proc_batch_size
     sampler = LatentSampler(cfg, model)
-    c, h = cfg.model.in_chans, latent_size(cfg)
+    batches = [list(range(lo, min(lo + b, n_images))) for lo in range(0, n_images, b)]
     images, pending = [], []
     pool = ThreadPoolExecutor(max_workers=2) if threaded else None
     sync(device)
     t0 = time.perf_counter()
-    for lo in range(0, n_images, s.per_proc_batch_size):
-        ids = list(range(lo, min(lo + s.per_proc_batch_size, n_images)))
-        z = sample_noise(ids, (c, h, h), seed).to(device)
-        y = sample_labels(ids, cfg.data.num_classes, seed, s.label_mode, n_images).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=s.precision == "bf16"):
-            x = sampler(z, y)  # as inference.precision_context
-        batch = decoder(x)
+    for _, batch in generate(cfg, sampler, decoder, batches, device, total=n_images):
         images.append(batch)
         if pool is None:
             for image in batch:
@@ -212,7 +206,7 @@ def fid_loop(cfg, model, decoder, n_images: int, device, threaded: bool) -> (flo
 
 def bench_sampling(args, device) -> None:
     from models.build import build_model, should_compile
-    from sampling import Decoder
+    from sampling.pipeline import Decoder
 
     ref_cfg = sampling_config(args, 4, "fp32", skip=False)
     model = randomize_zero_init(build_model(ref_cfg, training=False)).to(device).eval()

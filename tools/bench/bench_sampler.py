@@ -4,10 +4,11 @@ Times the released sampler setting (Euler, 250 grid points, timestep shift 0.3, 
 start 0.11, cfg scale 10) on a small randomly initialised LightningDiT (released flags: SwiGLU,
 RoPE, RMSNorm; default hidden 384, depth 6, heads 6, patch 1, 16x16x32 latents):
 
-- reference: the doubled batch cat[z, z] through `model.forward_with_cfg` at all 249 steps
-  (docs/reference_behaviour.md §7.1), first half kept;
-- skip: `transport.make_guided_sampler`, which runs only the n conditional rows at the 73 steps
-  outside the interval.
+- reference: the guided denoiser (sampling/guidance.py) without the skip: the doubled batch
+  [z; z] with labels [y; null] at all 249 steps, as the reference's `forward_with_cfg` runs it
+  (docs/reference_behaviour.md §7.1);
+- skip: the same denoiser with `sample.skip_uncond_outside_interval`, which runs only the n
+  conditional rows at the 73 steps outside the interval.
 
 Both use the same z and labels. Prints one JSON line: images/s of each, the speedup, evaluation
 counts, the max abs difference of the final samples and the device.
@@ -24,7 +25,6 @@ import torch
 
 
 from tools.bench.common import randomize_zero_init, sync
-from transport import Sampler, create_transport, make_guided_sampler
 
 logger = logging.getLogger(__name__)
 
@@ -72,19 +72,21 @@ def main():
     n = args.batch
     z = torch.randn(n, args.channels, args.latent_size, args.latent_size, generator=g).to(device)
     y = torch.randint(0, args.num_classes, (n,), generator=g).to(device)
-    cfg = dict(cfg_interval=True, cfg_interval_start=args.interval_start, cfg_channels=args.cfg_channels)
+    from configs.schema import load_config
+    from sampling.pipeline import LatentSampler
 
-    sampler = Sampler(create_transport())
-    reference_fn = sampler.sample_ode("euler", num_steps=args.num_steps, timestep_shift=args.shift)
-    skip_fn = make_guided_sampler(sampler, sampling_method="euler", num_steps=args.num_steps,
-                                  timestep_shift=args.shift)
-    z2, y2 = torch.cat([z, z]), torch.cat([y, torch.full_like(y, args.num_classes)])
+    cfg = load_config(None, [f"model.in_chans={args.channels}", f"data.num_classes={args.num_classes}",
+                             f"sample.num_sampling_steps={args.num_steps}", f"sample.timestep_shift={args.shift}",
+                             f"sample.cfg_scale={args.cfg_scale}", f"sample.cfg_interval_start={args.interval_start}",
+                             f"sample.cfg_channels={args.cfg_channels}"])
+    reference_fn = LatentSampler(cfg, model, skip_uncond=False)
+    skip_fn = LatentSampler(cfg, model, skip_uncond=True)
 
     def run_reference():
-        return reference_fn(z2, model.forward_with_cfg, y=y2, cfg_scale=args.cfg_scale, **cfg)[-1][:n]
+        return reference_fn(z, y)
 
     def run_skip():
-        return skip_fn(z, model, y, args.cfg_scale, null_class=args.num_classes, **cfg)[-1]
+        return skip_fn(z, y)
 
     times = {"reference": [], "skip": []}
     outputs = {}
@@ -101,6 +103,7 @@ def main():
                 logger.info("%s run %d: %.2f s", name, r, times[name][-1])
 
     ref_s, skip_s = statistics.median(times["reference"]), statistics.median(times["skip"])
+    calls, cond_only = skip_fn.num_calls // args.repeats, skip_fn.num_cond_only // args.repeats  # per run
     result = {
         "bench": "bench_sampler",
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
@@ -108,9 +111,8 @@ def main():
                  f"latent={args.channels}x{args.latent_size}x{args.latent_size} swiglu+rope+rmsnorm",
         "batch": n, "num_steps": args.num_steps, "shift": args.shift, "cfg_scale": args.cfg_scale,
         "interval_start": args.interval_start, "repeats": args.repeats,
-        "evaluations": skip_fn.num_calls, "evaluations_cond_only": skip_fn.num_cond_only,
-        "rows_reference": 2 * n * skip_fn.num_calls,
-        "rows_skip": 2 * n * skip_fn.num_calls - n * skip_fn.num_cond_only,
+        "evaluations": calls, "evaluations_cond_only": cond_only,
+        "rows_reference": 2 * n * calls, "rows_skip": 2 * n * calls - n * cond_only,
         "images_per_s_reference": n / ref_s, "images_per_s_skip": n / skip_s,
         "speedup": ref_s / skip_s,
         "max_abs_diff": (outputs["reference"] - outputs["skip"]).abs().max().item(),
