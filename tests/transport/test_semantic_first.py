@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torchdiffeq import odeint
 
-import transport
 from configs.schema import load_config
 from transport import Sampler, TimeSchedule, build_transport, create_transport
 from transport.path import ICPlan
@@ -206,12 +206,17 @@ def test_repa_modes_against_their_formulas(mode):
 
 
 def test_repa_token_order_is_row_major():
-    """Token n = i w + j of the features meets the target at (h = i, w = j)."""
+    """Token n = i w + j of the features meets the target at (h = i, w = j), SFD's einops
+    rearrange 'b c h w -> b (h w) c' (same values and memory layout, so the same cosine sums)."""
     tr = create_transport(repa_mode="mse")
     target = torch.randn(1, 3, 2, 4)
-    feats = target.permute(0, 2, 3, 1).reshape(1, 8, 3)
+    feats = rearrange(target, "b c h w -> b (h w) c")
     assert tr.repa_loss(feats, target).item() == 0
     assert tr.repa_loss(target.permute(0, 3, 2, 1).reshape(1, 8, 3), target).item() > 0
+    g = torch.Generator().manual_seed(0)
+    target, feats = torch.randn(2, 16, 4, 4, generator=g), torch.randn(2, 16, 16, generator=g)
+    sfd = (1 - F.cosine_similarity(rearrange(target, "b c h w -> b (h w) c"), feats, dim=-1)).mean(dim=1)
+    assert torch.equal(create_transport().repa_loss(feats, target), sfd)
 
 
 def test_repa_inputs_are_checked():
