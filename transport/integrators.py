@@ -95,7 +95,10 @@ def ode_solve(drift: Drift, x: Tensor, t_grid: Tensor, *, method: str = "dopri5"
     def fn(t, x):
         return drift(x, float(t.detach()))  # the step control may carry autograd history
 
-    return odeint(fn, x, t_grid.to(x.device), method=method, atol=atol, rtol=rtol)
+    # One-element lists, as the reference and SFD pass them (docs/reference_behaviour.md §2.5):
+    # torchdiffeq then forms its error ratio from tolerance tensors, which moves adaptive steps
+    # (final samples differ by ~1e-6 from plain floats); the lists give the authors' numbers.
+    return odeint(fn, x, t_grid.to(x.device), method=method, atol=[atol], rtol=[rtol])
 
 
 def sde_solve(drift: Drift, diffusion: Drift, x: Tensor, t_grid: Tensor, *,
@@ -184,6 +187,6 @@ def likelihood_solve(velocity: Drift, x: Tensor, t_grid: Tensor, *, method: str 
         return v.detach(), div.detach()
 
     delta0 = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
-    xs, deltas = odeint(fn, (x, delta0), t_grid.to(x.device), method=method, atol=atol, rtol=rtol)
+    xs, deltas = odeint(fn, (x, delta0), t_grid.to(x.device), method=method, atol=[atol] * 2, rtol=[rtol] * 2)
     z = xs[-1]
     return standard_normal_logp(z) + deltas[-1], z

@@ -304,9 +304,8 @@ def test_sampler_equals_sfd_masked_torchdiffeq(method):
     sampler = Sampler(create_transport(schedule=SCHEDULE))
     x = start()
     ours = sampler.sample_ode(method, num_steps=40, timestep_shift=0.3)(x, sfd_denoiser)
-    # scalar tolerances, as this repository has always passed them (SFD's one-element lists make
-    # torchdiffeq's dopri5 error control run in float64: the same solution up to ~1e-6)
-    ref = odeint(sfd_masked_fn, x, sfd_grid(40, 0.3), method=method, atol=1e-6, rtol=1e-3)
+    # one-element tolerance lists, as SFD (and the reference) pass them: dopri5 then matches bit for bit
+    ref = odeint(sfd_masked_fn, x, sfd_grid(40, 0.3), method=method, atol=[1e-6], rtol=[1e-3])
     assert torch.equal(ours, ref)
 
 
