@@ -49,7 +49,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.state_dict import load_strict
+
 logger = logging.getLogger(__name__)
+
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -139,16 +142,7 @@ def load_foundation_weights(model: nn.Module, path: str, name: str) -> None:
         logger.info("%s: skipping '%s' (not part of the ViT encoder)", path, key)
         del sd[key]
     sd = _checkpoint_filter(name)(sd, model)
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(sd)), sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"{path} does not match {FOUNDATION_MODELS[name].arch}: missing keys "
-                         f"{missing[:8]}, unexpected keys {unexpected[:8]}")
-    bad = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
-           if sd[k].shape != v.shape]
-    if bad:
-        raise ValueError(f"{path}: shape mismatch {bad[:8]}")
-    model.load_state_dict(sd, strict=True)
+    load_strict(model, sd, str(path), FOUNDATION_MODELS[name].arch)
     logger.info("loaded %s weights (%d tensors) from %s", name, len(sd), path)
 
 

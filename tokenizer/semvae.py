@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.state_dict import load_strict
+
 ARCHS = ("linear", "mlp", "resnet", "transformer")
 COS_AXES = ("token", "feature")    # training.loss.cos_axis (see semvae_loss)
 LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
@@ -245,22 +247,8 @@ def load_semantic_vae(path: str, config: Optional[str] = None) -> SemanticVAE:
     else:
         raise ValueError(f"{path} stores no config; pass the training YAML it was trained with")
     model = build_semantic_vae(model_cfg, int(ckpt["input_dim"]))
-    load_state_dict_strict(model, ckpt["model_state_dict"], path)
+    load_strict(model, ckpt["model_state_dict"], path, "the Semantic VAE")
     return model.eval()
-
-
-def load_state_dict_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
-    """`model.load_state_dict(state_dict)` with one line naming the missing / unexpected / misshapen keys."""
-    own = model.state_dict()
-    missing, unexpected = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
-    if missing or unexpected:
-        raise ValueError(f"{source} does not match the Semantic VAE: missing keys {missing[:6]}, "
-                         f"unexpected keys {unexpected[:6]}")
-    bad = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}" for k, v in own.items()
-           if state_dict[k].shape != v.shape]
-    if bad:
-        raise ValueError(f"{source}: shape mismatch {bad[:4]}")
-    model.load_state_dict(state_dict, strict=True)
 
 
 #################################################################################

@@ -44,7 +44,7 @@ from configs.schema import to_container
 from datasets.order import GlobalBatchSampler
 from datasets.semantic_features import FeatureBatches, FeatureFile, feature_files
 from tokenizer.semvae import (LossWeights, SemanticVAE, build_semantic_vae,
-                              load_state_dict_strict, semvae_loss, token_cosine)
+                              semvae_loss, token_cosine)
 from training.checkpoints import load_latest, read_checkpoint, save_checkpoint
 from training.faults import inject_fault
 from training.lr_schedule import LRSchedule, set_lr
@@ -53,6 +53,7 @@ from training.rundir import check_resume_config, claim_training_dir, decide_on_m
 from utils.fileio import atomic_torch_save, atomic_write_text
 from utils.runtime import setup_runtime
 from utils.seeding import derive_seed
+from utils.state_dict import load_strict
 
 logger = logging.getLogger("train_semvae")
 
@@ -314,7 +315,7 @@ def resume(cfg: DictConfig, ckpt_dir: Path, model: SemanticVAE, head: Optional[n
     path, ckpt = found
     check_resume_config(path, stored_config(ckpt), to_container(cfg), FREE_KEYS, tc.allow_config_change,
                         flag="training.allow_config_change=true")
-    load_state_dict_strict(model, ckpt["model_state_dict"], str(path))
+    load_strict(model, ckpt["model_state_dict"], str(path), "the Semantic VAE")
     if head is not None:
         if "classification_head_state_dict" in ckpt:
             head.load_state_dict(ckpt["classification_head_state_dict"])
