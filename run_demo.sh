@@ -9,9 +9,11 @@
 #   2 tokenizer training (run_train_tokenizer.sh) 6 class-balanced samples, with and without guidance
 #   3 latent extraction, 2 processes              (run_inference.sh)
 #     (run_extraction.sh)                         7 evaluation: tokenizer PSNR/SSIM (run_tokenizer_eval.sh),
-#   4 LightningDiT training (run_train.sh)          toy-classifier accuracy of samples, FID if weights given
+#   4 LightningDiT training (run_train.sh)          colour error at shape edges (analyse_reconstruction.py),
+#                                                   toy-classifier accuracy of samples, FID if weights given
 #                                                 8 summary table + demo_output/summary.json
-# Optional weights (never downloaded; see README "Weights"):
+# Optional weights (the demo downloads nothing; `python tools/fetch_weights.py dinov2-vitl14
+# inception-fid vgg16-lpips` fetches them, see README "Weights"):
 #   DINOV2_WEIGHTS=/path/dinov2.safetensors  -> the tokenizer trains with the VF (DINOv2) loss
 #   ADM_INCEPTION_WEIGHTS=/path/pt_inception-2015-12-05-6726825d.pth -> FID of the samples
 #   LPIPS_VGG_WEIGHTS=/path/vgg16-397923af.pth -> LPIPS in the tokenizer evaluation
@@ -28,10 +30,10 @@ OUT="${DEMO_OUT:-demo_output}"
 # Progress bars update every 30 s when the output is a log file rather than a terminal.
 [ -t 1 ] || export TQDM_MININTERVAL="${TQDM_MININTERVAL:-30}"
 if [ "${DEMO_SMOKE:-0}" = "1" ]; then
-    PER_CLASS=24; VAL_PER_CLASS=6; TOK_STEPS=40; DIT_STEPS=120; NUM_SAMPLES=40; SAMPLE_STEPS=20
+    PER_CLASS=24; VAL_PER_CLASS=6; TOK_STEPS=40; TOK_DECAY=20; DIT_STEPS=120; NUM_SAMPLES=40; SAMPLE_STEPS=20
     CLF_EPOCHS=3; TOK_EVERY=20; DIT_EVERY=60; LOG_EVERY=10
 else
-    PER_CLASS=300; VAL_PER_CLASS=30; TOK_STEPS=1200; DIT_STEPS=3000; NUM_SAMPLES=200; SAMPLE_STEPS=50
+    PER_CLASS=300; VAL_PER_CLASS=30; TOK_STEPS=1200; TOK_DECAY=600; DIT_STEPS=3000; NUM_SAMPLES=200; SAMPLE_STEPS=50
     CLF_EPOCHS=6; TOK_EVERY=300; DIT_EVERY=1000; LOG_EVERY=50
 fi
 mkdir -p "$OUT"
@@ -52,8 +54,11 @@ python -c "from datasets.toy import CLASS_NAMES; print('\n'.join(CLASS_NAMES))" 
 stage_end
 
 stage_start tokenizer
+# lr 1e-3 until TOK_DECAY, then a cosine decay to 0 at the last step (configs/demo/tokenizer.yaml): a
+# short run that ends at a high constant LR leaves a colour fringe at shape edges (README)
 TOK_ARGS=(train.output_dir="$OUT" train.max_steps="$TOK_STEPS" train.val_every="$TOK_EVERY" train.log_every="$LOG_EVERY"
           train.sample_every="$TOK_EVERY" train.ckpt_every="$TOK_EVERY"
+          train.lr_schedule.decay_start="$TOK_DECAY" train.lr_schedule.total_steps="$TOK_STEPS"
           data.params.train.data_root="$OUT/toy/train" data.params.validation.data_root="$OUT/toy/val")
 if [ -n "${DINOV2_WEIGHTS:-}" ]; then
     echo "DINOV2_WEIGHTS=$DINOV2_WEIGHTS: training the tokenizer with the VF (DINOv2) alignment loss"
@@ -93,6 +98,8 @@ if [ -n "${ADM_INCEPTION_WEIGHTS:-}" ]; then EVAL_ARGS=(--inception-weights "$AD
 if [ -z "${LPIPS_VGG_WEIGHTS:-}" ]; then EVAL_ARGS+=(--skip-lpips); fi
 bash run_tokenizer_eval.sh --config "$TOK_YAML" --data-path "$OUT/toy/val" --image-size 32 \
     --batch-size 50 --num-workers 0 --output "$OUT/tokenizer_eval.json" "${EVAL_ARGS[@]}"
+python tools/analyse_reconstruction.py --images "$OUT/toy/val" --tokenizer "$TOK_YAML" --size 32 \
+    --json "$OUT/tokenizer_edges.json" > /dev/null   # colour error at shape edges (the summary shows it)
 python -m evaluation.toy_classifier train --train-root "$OUT/toy/train" --val-root "$OUT/toy/val" \
     --out "$OUT/classifier.pt" --image-size 32 --epochs "$CLF_EPOCHS"
 if [ -n "${ADM_INCEPTION_WEIGHTS:-}" ]; then

@@ -26,7 +26,11 @@ def test_smoke_demo_writes_complete_summary(tmp_path):
                             "samples", "fid_available", "files", "stage_seconds", "seconds_total"}
     assert summary["data"] == {"train_images": 240, "val_images": 60}
     assert summary["extraction"] == {"images": 240, "world_size": 2}  # really 2 processes
-    assert summary["tokenizer"]["steps"] == 40 and summary["tokenizer"]["psnr"] > 5
+    tok = summary["tokenizer"]
+    assert tok["steps"] == 40 and tok["psnr"] > 5
+    assert 0.0 <= tok["lr_last"] < 1e-5          # the cosine decay to 0 ran (lr 1e-3 until step 20)
+    edges = tok["edge_blue_excess"]              # tools/analyse_reconstruction.py ran on the val images
+    assert set(edges) == {"left", "right", "top", "bottom"} and all(np.isfinite(v) for v in edges.values())
     assert summary["lightningdit"]["steps"] == 120
     assert summary["lightningdit"]["loss_last"] < summary["lightningdit"]["loss_first"]
     assert [row["cfg_scale"] for row in summary["samples"]] == [1.0, 3.0]
@@ -40,4 +44,4 @@ def test_smoke_demo_writes_complete_summary(tmp_path):
     assert Image.open(out / "demo_samples.png").size == (4 * 32, 2 * 32)
     for key in ("curves", "samples_by_class"):
         assert Image.open(summary["files"][key]).size[0] > 300
-    assert "classifier accuracy" in proc.stdout and "wall time" in proc.stdout
+    assert "classifier accuracy" in proc.stdout and "wall time" in proc.stdout and "blue excess" in proc.stdout

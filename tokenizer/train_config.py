@@ -27,10 +27,11 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from configs.schema import (NON_NEGATIVE, POSITIVE, REPORT_TO, Range, attribute_to_override, check_ranges,
+from configs.schema import (NON_NEGATIVE, POSITIVE, REPORT_TO, UNIT, Range, attribute_to_override, check_ranges,
                             load_config)
 from tokenizer.foundation import FOUNDATION_MODELS
 from tokenizer.losses import DISC_LOSSES
+from training.lr_schedule import DECAYS, LRSchedule
 
 # Accepted `target` strings: ours, and the authors' (so their YAMLs load unchanged).
 MODEL_TARGETS = ("tokenizer.vavae_model.VAVAEModel", "ldm.models.autoencoder.AutoencoderKL")
@@ -187,6 +188,19 @@ class LightningConfig:
 
 
 @dataclass
+class LRScheduleConfig:                      # ours: training/lr_schedule.py; the defaults = constant LR (reference)
+    """Multiplier of `model.base_learning_rate` as a function of the step, for both optimizers:
+    linear warm-up from `warmup_start` x lr over `warmup_steps`, lr until `decay_start`, then
+    `decay` to `final` x lr at `total_steps` (held after). The fields are `LRSchedule`'s."""
+    warmup_steps: int = 0
+    warmup_start: float = 0.0
+    decay_start: Optional[int] = None        # None: no decay
+    total_steps: Optional[int] = None        # the step at which the decay reaches `final`
+    final: float = 0.0
+    decay: str = "cosine"                    # cosine | linear
+
+
+@dataclass
 class TrainRunConfig:                        # ours
     output_dir: str = "logs"                 # run dir = {output_dir}/{exp_name} (reference: logs/{stem})
     exp_name: Optional[str] = None           # None -> config file stem
@@ -204,6 +218,7 @@ class TrainRunConfig:                        # ours
     overwrite: bool = False                  # ours: start over (old outputs moved aside, not deleted)
     allow_config_change: bool = False        # ours: resume although run-changing keys differ
     resume_from: Optional[str] = None        # explicit training checkpoint
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
 
 
 @dataclass
@@ -244,6 +259,9 @@ TRAIN_RANGES = {
     "train.seed": NON_NEGATIVE, "train.max_steps": POSITIVE, "train.log_every": POSITIVE,
     "train.sample_every": POSITIVE, "train.num_sample_images": POSITIVE, "train.val_every": POSITIVE,
     "train.val_max_batches": POSITIVE, "train.ckpt_every": POSITIVE, "train.keep_last_n": POSITIVE,
+    "train.lr_schedule.warmup_steps": NON_NEGATIVE, "train.lr_schedule.warmup_start": UNIT,
+    "train.lr_schedule.decay_start": NON_NEGATIVE, "train.lr_schedule.total_steps": POSITIVE,
+    "train.lr_schedule.final": UNIT,
 }
 
 
@@ -271,6 +289,7 @@ def validate_train_config(cfg: DictConfig, source: str = "config") -> None:
         (loss.vf_loss_type in VF_LOSS_TYPES, "model.params.lossconfig.params.vf_loss_type",
          loss.vf_loss_type, VF_LOSS_TYPES),
         (cfg.train.report_to in REPORT_TO, "train.report_to", cfg.train.report_to, REPORT_TO),
+        (cfg.train.lr_schedule.decay in DECAYS, "train.lr_schedule.decay", cfg.train.lr_schedule.decay, DECAYS),
     ]
     for ok, key, value, allowed in checks:
         if not ok:
@@ -288,6 +307,18 @@ def validate_train_config(cfg: DictConfig, source: str = "config") -> None:
         raise ValueError(f"{source}: set 'lightning.trainer.max_epochs' or 'train.max_steps'")
     check_ranges(cfg, TRAIN_RANGES, source)
     mixed_precision(cfg)
+    lr_schedule(cfg, source)
+
+
+def lr_schedule(cfg: DictConfig, source: str = "config") -> Optional[LRSchedule]:
+    """`train.lr_schedule` as an `LRSchedule`; None for the default constant LR (the reference's)."""
+    fields = OmegaConf.to_container(cfg.train.lr_schedule)
+    if fields["warmup_steps"] == 0 and fields["decay_start"] is None:
+        return None
+    try:
+        return LRSchedule(**fields)
+    except ValueError as err:
+        raise ValueError(f"{source}: bad 'train.lr_schedule': {err}") from None
 
 
 def counts_optimizer_steps(cfg: DictConfig) -> bool:

@@ -194,7 +194,8 @@ def main() -> None:
         atomic_write_json(report, args.json)
     if args.figure:
         save_figure(args.figure, img, results, "final")
-    print(json.dumps({k: v for k, v in report.items() if k != "runs"}))
+    edges = {name: run["outside_blue_minus_luma"] for name, run in report["runs"].items()}
+    print(json.dumps({**{k: v for k, v in report.items() if k != "runs"}, "outside_blue_minus_luma": edges}))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Collect the CPU demo's results (run_demo.sh) into one table, `summary.json` and loss curves.
 
-Reads what the real scripts wrote into the demo folder: tokenizer metrics (`tokenizer/metrics.jsonl`)
-and evaluation (`tokenizer_eval.json`), the extraction manifest, the LightningDiT checkpoint's loss
+Reads what the real scripts wrote into the demo folder: tokenizer metrics (`tokenizer/metrics.jsonl`),
+evaluation (`tokenizer_eval.json`) and colour error at shape edges (`tokenizer_edges.json`, written by
+tools/analyse_reconstruction.py), the extraction manifest, the LightningDiT checkpoint's loss
 history, and each sample batch (`dit/*.npz` with its `protocol.json`). Generated samples are scored
 with the toy classifier (accuracy against the class they were sampled for) and, when a reference
 batch and the Inception weights are given, with the ADM FID.
@@ -31,14 +32,21 @@ def _read_jsonl(path: Path) -> List[dict]:
 
 
 def tokenizer_summary(out: Path) -> Dict:
-    """First/last training reconstruction loss and the evaluation metrics of the demo tokenizer."""
+    """First/last training reconstruction loss, the last LR, the evaluation metrics of the demo
+    tokenizer and, when measured, its blue excess (B - Y, 8-bit levels) just outside each side of the
+    shapes (the colour fringe a short run at a high constant LR leaves; docs in the README)."""
     records = _read_jsonl(out / "tokenizer" / "metrics.jsonl")
     train = [r for r in records if "train/rec_loss" in r]
     summary = {"steps": train[-1]["step"], "train_rec_loss_first": train[0]["train/rec_loss"],
-               "train_rec_loss_last": train[-1]["train/rec_loss"],
+               "train_rec_loss_last": train[-1]["train/rec_loss"], "lr_last": train[-1].get("lr"),
                "vf_loss": "train/vf_loss" in train[-1]}
     evaluation = json.loads((out / "tokenizer_eval.json").read_text())
     summary.update({k.lower(): evaluation[k] for k in ("PSNR", "SSIM", "LPIPS", "rFID") if k in evaluation})
+    edges = out / "tokenizer_edges.json"
+    if edges.is_file():
+        final = json.loads(edges.read_text())["runs"]["final"]
+        summary["edge_blue_excess"] = final["outside_blue_minus_luma"]
+        summary["mean_abs_error_8bit"] = final["mean_abs_error"]
     return summary
 
 
@@ -123,6 +131,9 @@ def format_table(summary: Dict) -> str:
                        ("lpips", "tokenizer LPIPS (val)"), ("rfid", "tokenizer rFID (val)")):
         if key in tok and tok[key] is not None:
             lines.append(f"{label:<46} {tok[key]:>12.3f}")
+    if "edge_blue_excess" in tok:
+        value = " / ".join(f"{tok['edge_blue_excess'][s]:.1f}" for s in ("left", "right", "top", "bottom"))
+        lines.append(f"{'tokenizer blue excess at edges L/R/T/B':<{58 - len(value)}} {value}")
     lines.append(f"{'latents extracted (processes)':<46} {summary['extraction']['images']:>6} ({summary['extraction']['world_size']})")
     dit = summary["lightningdit"]
     lines.append(f"{'LightningDiT loss, first -> last log':<46} {dit['loss_first']:>5.3f} -> {dit['loss_last']:.3f}")

@@ -4,7 +4,9 @@ used by the thin `train_tokenizer.py`.
 Replaces hustvl/LightningDiT `vavae/main.py` + Lightning (docs/reference_behaviour.md §6.1-6.6)
 with plain PyTorch and `accelerate`:
 - per batch one generator step then one discriminator step, both Adam(lr=base_learning_rate,
-  betas=(0.5, 0.9)), no schedule, no weight decay (reference `configure_optimizers`);
+  betas=(0.5, 0.9)), no weight decay (reference `configure_optimizers`); constant LR as the
+  reference unless `train.lr_schedule` sets a warm-up / decay (ours: both optimizers get
+  base_learning_rate x the schedule's factor of the step, so a resume continues it exactly);
 - the discriminator step sees the same (pre-update) reconstructions, detached;
 - `disc_start` counts batches; `disc_start_counts_optimizer_steps: true` reproduces Lightning's
   two-steps-per-batch count (§6.4, §9.3);
@@ -43,10 +45,11 @@ from tokenizer.checkpoint import read_state_dict
 from tokenizer.data import ImageFolderDataset
 from tokenizer.foundation import FoundationModel
 from tokenizer.losses import LPIPSWithDiscriminator
-from tokenizer.train_config import loss_kwargs, mixed_precision
+from tokenizer.train_config import loss_kwargs, lr_schedule, mixed_precision
 from tokenizer.vavae_model import GENERATOR_PREFIXES, VAVAEModel
 from training.checkpoints import load_latest, read_checkpoint, save_checkpoint
 from training.faults import inject_fault
+from training.lr_schedule import set_lr
 from training.metrics import MetricsSink
 from training.rundir import (TOKENIZER_FREE_KEYS, check_resume_config, claim_training_dir, decide_on_main,
                              release_run_dir)
@@ -340,19 +343,20 @@ def claim_run(cfg: DictConfig, rt, run_dir: Path) -> None:
 
 
 def log_window(rt, sink: MetricsSink, running: Dict[str, torch.Tensor], count: int, step: int, epoch: int,
-               elapsed: float) -> Dict[str, float]:
-    """Average the window's logs over steps and ranks, print one line, write one metrics row."""
+               elapsed: float, lr: float) -> Dict[str, float]:
+    """Average the window's logs over steps and ranks, print one line, write one metrics row
+    (`lr`: the rate of the window's last step)."""
     keys = sorted(running)
     means = rt.accelerator.reduce(torch.stack([running[k] for k in keys]) / count, reduction="mean")
     last = dict(zip(keys, means.tolist()))
-    row = {"step": step, "epoch": epoch, **last, "steps_per_sec": count / max(elapsed, 1e-9)}
+    row = {"step": step, "epoch": epoch, **last, "lr": lr, "steps_per_sec": count / max(elapsed, 1e-9)}
     vf = ("vf %.4f (w %.3g, cos %.3f)" % (last["train/vf_loss"], last.get("train/vf_weight", nan),
                                           last.get("train/vf_cos", nan))
           if "train/vf_loss" in last else "vf off")
     logger.info("step %d | total %.4g | nll %.4g | rec %.4f | kl %.4g | g %.4g (d_weight %.3g) | "
-                "%s | disc %.4f | %.2f steps/s", step, last["train/total_loss"], last["train/nll_loss"],
+                "%s | disc %.4f | lr %.3g | %.2f steps/s", step, last["train/total_loss"], last["train/nll_loss"],
                 last["train/rec_loss"], last["train/kl_loss"], last["train/g_loss"], last["train/d_weight"],
-                vf, last["train/disc_loss"], row["steps_per_sec"])
+                vf, last["train/disc_loss"], lr, row["steps_per_sec"])
     sink.log(row)
     return last
 
@@ -373,6 +377,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Dict[str, float]:
     claim_run(cfg, rt, run_dir)
     model, loss = build_model(cfg).to(device), build_loss(cfg).to(device)
     opt_ae, opt_disc = build_optimizers(cfg, model, loss)
+    base_lr, schedule = cfg.model.base_learning_rate, lr_schedule(cfg)
     logger.info("generator: %.2fM trainable parameters; discriminator: %.2fM",
                 sum(p.numel() for p in opt_ae.param_groups[0]["params"]) / 1e6,
                 sum(p.numel() for p in loss.discriminator.parameters()) / 1e6)
@@ -398,6 +403,8 @@ def _train(cfg: DictConfig, run_dir: Path) -> Dict[str, float]:
     while step < data.total_steps:
         epoch = step // data.batches_per_epoch
         for x in epoch_loader(cfg, data, step, device):
+            lr = set_lr(opt_ae, base_lr, schedule, step)
+            set_lr(opt_disc, base_lr, schedule, step)
             log = train_step(model_ddp, disc_ddp, loss, opt_ae, opt_disc, x.to(device, non_blocking=True), step,
                              acc, model.decoder_last_layer, model.encoder_last_layer)
             step, count = step + 1, count + 1
@@ -406,7 +413,7 @@ def _train(cfg: DictConfig, run_dir: Path) -> Dict[str, float]:
                 running[k] = running.get(k, 0.0) + v.float()
             end_of_epoch, done = step % data.batches_per_epoch == 0, step >= data.total_steps
             if step % tc.log_every == 0 or done:
-                last = log_window(rt, sink, running, count, step, epoch, time.time() - t_last)
+                last = log_window(rt, sink, running, count, step, epoch, time.time() - t_last, lr)
                 running, count, t_last = {}, 0, time.time()
             if tc.sample_every and step % tc.sample_every == 0 and rt.is_main:
                 save_sample_grid(model, data.sample_x.to(device), run_dir / "images" / f"step_{step:07d}.png", acc)

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 import training.vavae as T
 from datasets.order import GlobalBatchSampler
 from tokenizer.data import ImageFolderDataset, write_toy_images
-from tokenizer.train_config import load_train_config, mixed_precision
+from tokenizer.train_config import load_train_config, lr_schedule, mixed_precision
 from tokenizer.vavae import VA_VAE
 from utils.runtime import seed_everything
 
@@ -205,3 +205,70 @@ def test_full_size_training_model_keys(reverse_proj):
     assert sd["loss.logvar"].shape == () and "loss.discriminator.main.11.weight" in sd
     assert len([k for k in model.state_dict() if k.startswith("foundation_model.model.")]) == 342
     assert not any(k.startswith("foundation_model.") for k in sd)
+
+
+#################################################################################
+#                  LR schedule (train.lr_schedule): keys, trainer, resume       #
+#################################################################################
+
+# warm-up 0.5 -> 1 over 2 steps, constant, linear decay from step 3 to 0.1 x lr at step 5 (held after)
+SCHEDULE = {"train.lr_schedule.warmup_steps": 2, "train.lr_schedule.warmup_start": 0.5,
+            "train.lr_schedule.decay_start": 3, "train.lr_schedule.total_steps": 5,
+            "train.lr_schedule.final": 0.1, "train.lr_schedule.decay": "linear"}
+# the same by hand: the update of step s (0-based) uses base_lr x these
+SCHEDULE_FACTORS = [0.5, 0.75, 1.0, 1.0, 0.55, 0.1]
+
+
+def _metrics_rows(run_dir):
+    import json
+    return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def test_lr_schedule_keys_default_to_the_constant_reference_lr():
+    cfg = load_train_config(str(CONFIGS / "tiny_cpu.yaml"))
+    assert lr_schedule(cfg) is None           # the trainer then writes exactly base_learning_rate
+    on = load_train_config(str(CONFIGS / "tiny_cpu.yaml"), [f"{k}={v}" for k, v in SCHEDULE.items()])
+    assert [lr_schedule(on).factor(s) for s in range(6)] == pytest.approx(SCHEDULE_FACTORS)
+    only_warmup = load_train_config(str(CONFIGS / "tiny_cpu.yaml"), ["train.lr_schedule.warmup_steps=4"])
+    assert lr_schedule(only_warmup).factor(2) == 0.5 and lr_schedule(only_warmup).factor(10**6) == 1.0
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["train.lr_schedule.decay=step"], "train.lr_schedule.decay"),
+    (["train.lr_schedule.warmup_start=2.0"], "train.lr_schedule.warmup_start"),
+    (["train.lr_schedule.final=-0.1"], "train.lr_schedule.final"),
+    (["train.lr_schedule.warmup_steps=-1"], "train.lr_schedule.warmup_steps"),
+    (["train.lr_schedule.decay_start=10"], "train.lr_schedule"),                      # no total_steps
+    (["train.lr_schedule.decay_start=10", "train.lr_schedule.total_steps=10"], "train.lr_schedule"),
+    (["train.lr_schedule.warmup_steps=20", "train.lr_schedule.decay_start=10",
+      "train.lr_schedule.total_steps=30"], "train.lr_schedule"),                      # decay inside warm-up
+    (["train.lr_schedule.warmup_step=3"], "train.lr_schedule.warmup_step"),            # misspelt key
+])
+def test_lr_schedule_bad_values_name_the_key(overrides, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")) as err:
+        load_train_config(str(CONFIGS / "tiny_cpu.yaml"), overrides)
+    assert "\n" not in str(err.value)
+
+
+def test_lr_schedule_is_applied_per_step_and_resumes_exactly(images, tmp_path):
+    # Run A: 6 steps uninterrupted; run B: 3 steps, then resumed to 6 (inside the decay).
+    a, b = tmp_path / "a", tmp_path / "b"
+    cfg = lambda steps: _cfg(images, **SCHEDULE, **{"train.max_steps": steps,  # noqa: E731
+                                                     "model.params.lossconfig.params.perceptual_weight": 0.0})
+    T.train(cfg(6), a)
+    T.train(cfg(3), b)
+    T.train(cfg(6), b)
+    base = cfg(6).model.base_learning_rate
+    lrs = [r["lr"] for r in _metrics_rows(a) if "lr" in r]        # log_every 1: the lr of each step
+    assert lrs == pytest.approx([base * f for f in SCHEDULE_FACTORS])
+    assert [r["lr"] for r in _metrics_rows(b) if "lr" in r] == pytest.approx(lrs)
+    for ckpt in (_ckpt(a, 6), _ckpt(b, 6)):                         # both optimizers carry it
+        assert ckpt["optimizer_ae"]["param_groups"][0]["lr"] == pytest.approx(base * SCHEDULE_FACTORS[5])
+        assert ckpt["optimizer_disc"]["param_groups"][0]["lr"] == pytest.approx(base * SCHEDULE_FACTORS[5])
+    _assert_same_state(_ckpt(a, 6), _ckpt(b, 6))
+    # the schedule changes the run: an unscheduled run differs after the first step
+    c = tmp_path / "c"
+    T.train(_cfg(images, **{"train.max_steps": 1, "model.params.lossconfig.params.perceptual_weight": 0.0}), c)
+    assert not torch.equal(_ckpt(a, 1)["state_dict"]["decoder.conv_out.weight"],
+                           _ckpt(c, 1)["state_dict"]["decoder.conv_out.weight"])
+    assert [r["lr"] for r in _metrics_rows(c) if "lr" in r] == [base]
