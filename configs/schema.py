@@ -318,7 +318,8 @@ _RANGES = {
     "transport.sample_eps": Range(0.0, 1.0, high_open=True),
     "transport.train_eps": Range(0.0, 1.0, high_open=True),
     "transport.lognorm_until_step": NON_NEGATIVE, "transport.diffusion_steps": Range(2, MAX_STEPS),
-    "sample.atol": POSITIVE, "sample.rtol": POSITIVE, "sample.num_sampling_steps": up_to(MAX_STEPS),
+    # adaptive ODE tolerances: a vanishing one makes dopri5 take astronomically many steps
+    "sample.atol": Range(1e-12, 1.0), "sample.rtol": Range(1e-12, 1.0), "sample.num_sampling_steps": up_to(MAX_STEPS),
     "sample.per_proc_batch_size": up_to(MAX_BATCH), "sample.fid_num": up_to(MAX_IMAGES),
     "sample.cfg_scale": NON_NEGATIVE,
     "sample.cfg_interval_start": UNIT, "sample.timestep_shift": NON_NEGATIVE,

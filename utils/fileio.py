@@ -85,11 +85,23 @@ def atomic_path(path: PathLike) -> Iterator[str]:
             os.remove(tmp)
 
 
+@contextmanager
+def named_write_errors(path: PathLike) -> Iterator[None]:
+    """Re-raise a disk-full or permission OSError of the block as a WriteError naming `path`."""
+    try:
+        yield
+    except OSError as err:
+        mapped = write_error(err, path)
+        if mapped is err:
+            raise
+        raise mapped from err
+
+
 def atomic_symlink(target: str, link: PathLike) -> None:
     """Point the symbolic link `link` at `target` (e.g. `last.pt` -> `0000100.pt`), atomically: a
     link under an unpredictable temporary name is renamed over `link`."""
     link = Path(link)
-    try:
+    with named_write_errors(link):
         for _ in range(100):
             tmp = link.parent / f".{link.name}.{secrets.token_hex(8)}.tmp"
             try:
@@ -104,11 +116,6 @@ def atomic_symlink(target: str, link: PathLike) -> None:
         except OSError:
             os.unlink(tmp)
             raise
-    except OSError as err:
-        mapped = write_error(err, link)
-        if mapped is err:
-            raise
-        raise mapped from err
 
 
 def refuse_symlink(path: PathLike) -> None:
@@ -122,30 +129,22 @@ def open_append(path: PathLike, mode: int = 0o666):
     """`open(path, "a")` that refuses a symbolic link at `path` (another user could plant one to
     make this process append to a file of theirs or overwrite one of yours); WriteError names the
     path. New files get `mode` less the umask."""
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
-                     | getattr(os, "O_CLOEXEC", 0), mode)
-    except OSError as err:
-        if os.path.islink(path):
-            refuse_symlink(path)
-        mapped = write_error(err, path)
-        if mapped is err:
+    refuse_symlink(path)
+    with named_write_errors(path):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_CLOEXEC", 0), mode)
+        except OSError:
+            refuse_symlink(path)     # planted between the check and the open: O_NOFOLLOW refused it
             raise
-        raise mapped from err
     return os.fdopen(fd, "a", encoding="utf-8")
 
 
 def append_text(path: PathLike, text: str) -> None:
     """Append `text` to `path` (created if missing) through `open_append`; a full disk or a
     permission problem is a WriteError naming the path."""
-    try:
-        with open_append(path) as f:
-            f.write(text)
-    except OSError as err:
-        mapped = write_error(err, path)
-        if mapped is err:
-            raise
-        raise mapped from err
+    with named_write_errors(path), open_append(path) as f:
+        f.write(text)
 
 
 def atomic_write(path: PathLike, write: Callable[[str], Any]) -> None:

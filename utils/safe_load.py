@@ -10,7 +10,8 @@ first, from its metadata only:
   storage; in the legacy format the size header written before the bytes). The declarations are
   read by `scan_torch_file`, an unpickler that imports nothing: every global the pickle names
   becomes an inert stub, so scanning runs no code whatever the file holds.
-Then torch loads it with `weights_only=True`, and every tensor of the result must be a strided
+Then torch (>= 2.6: earlier versions can run code even with weights_only=True, CVE-2025-32434)
+loads it with `weights_only=True`, and every tensor of the result must be a strided
 CPU tensor whose elements fit in its storage (a 4-byte storage viewed with zero strides as
 500 million channels is refused before any operation touches it).
 
@@ -317,6 +318,17 @@ def _refusal(path: str, what: str, names: List[str]) -> str:
             f"{TRUSTED_PICKLES_ENV}={os.path.abspath(path)} (or convert it to .safetensors)")
 
 
+MIN_TORCH = (2, 6)   # earlier versions can run code even under weights_only=True (CVE-2025-32434)
+
+
+def require_safe_torch(version: str) -> None:
+    """UnsafeFileError unless torch `version` is at least MIN_TORCH."""
+    numbers = tuple(int(part) for part in re.findall(r"\d+", version.split("+")[0])[:2])
+    if numbers < MIN_TORCH:
+        raise UnsafeFileError(f"torch {version} can run code from a PyTorch file even with weights_only=True "
+                              f"(CVE-2025-32434); install torch>={'.'.join(map(str, MIN_TORCH))} to load weights")
+
+
 def check_torch_file(path: PathLike, what: str = "PyTorch checkpoint", *,
                      max_bytes: Optional[int] = None) -> TorchFileScan:
     """Everything `load_torch_file` checks before loading, without loading: the file is a torch
@@ -326,6 +338,7 @@ def check_torch_file(path: PathLike, what: str = "PyTorch checkpoint", *,
     import torch
 
     path = os.fspath(path)
+    require_safe_torch(torch.__version__)
     require_torch_file(path, what)
     size = os.path.getsize(path)
     if max_bytes is not None and size > max_bytes:

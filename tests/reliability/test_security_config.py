@@ -148,6 +148,12 @@ def test_keys_that_scale_work_or_memory_have_an_upper_bound(key):
         load_config(TINY_CONFIG, [f"{key}={int(high) + 1}"])
 
 
+@pytest.mark.parametrize("key", ["sample.atol", "sample.rtol"])
+def test_ode_tolerances_cannot_vanish(key):
+    with pytest.raises(ValueError, match=rf"'{key}': 1e-300 \(must be in \[1e-12, 1.0\]\)"):
+        load_config(TINY_CONFIG, [f"{key}=1e-300"])
+
+
 def test_every_released_config_is_within_the_bounds():
     import glob
 

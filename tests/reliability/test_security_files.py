@@ -265,6 +265,18 @@ def test_npz_object_arrays_are_refused(tmp_path):
         NpzArrayReader(str(path))
 
 
+@pytest.mark.parametrize("version,ok", [("2.5.1+cu121", False), ("2.4.0", False), ("2.6.0", True),
+                                        ("2.14.1+cu130", True), ("3.0.0a0", True)])
+def test_torch_older_than_2_6_loads_no_weights(version, ok):
+    from utils.safe_load import require_safe_torch
+
+    if ok:
+        require_safe_torch(version)
+    else:
+        with pytest.raises(UnsafeFileError, match="CVE-2025-32434.*torch>=2.6"):
+            require_safe_torch(version)
+
+
 def test_safetensors_size_cap(tmp_path):
     from safetensors.torch import save_file
 
