@@ -6,7 +6,10 @@ without a default (it would crash when they were absent) default to the released
 that the reference lacks are marked "ours" and default to the reference behaviour.
 
 `load_config(path, overrides)` reads a YAML file, merges `a.b=value` overrides, and raises a
-one-line `ValueError` naming the file and key on unknown keys or values of the wrong type.
+one-line `ValueError` naming the file and key on unknown keys or values of the wrong type. Files
+may come from anywhere (docs/reliability.md, Security): resolver interpolations are refused and
+plain ones bounded (utils/safe_yaml.py), every key that scales work or memory has an upper bound
+(`_RANGES`), and keys that become file names are one path component (`PATH_COMPONENT_KEYS`).
 """
 from __future__ import annotations
 
