@@ -35,13 +35,15 @@ class Clock:
         return self.now
 
 
+def filter_module():
+    import importlib
+
+    return importlib.import_module("tools.launch_errors")
+
+
 def filtered(chunks, clock=None):
     """Feed (seconds, text) chunks to the launcher filter; (shown, log, status)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("launch_errors", REPO / "tools/launch_errors.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = filter_module()
     clock = clock or Clock()
     out, log = io.StringIO(), io.StringIO()
     log.close = lambda: None
@@ -80,7 +82,8 @@ def test_held_text_goes_to_a_file_for_the_launcher_to_show_after_a_success(tmp_p
 
 
 def test_output_long_after_an_error_line_is_the_scripts_own():
-    shown, _, status = filtered([(0, ERROR + "\n"), (1, "held line\n"), (60, "[log] still training\n")])
+    later = filter_module().HOLD_SECONDS + 1
+    shown, _, status = filtered([(0, ERROR + "\n"), (1, "held line\n"), (later, "[log] still training\n")])
     assert shown == ERROR + "\nheld line\n[log] still training\n" and status == 0
 
 
