@@ -237,16 +237,17 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     if args.stats_only:
         return stats_only(args)
-    from tokenizer.factory import load_tokenizer
+    from tokenizer.factory import check_tokenizer_weights, load_tokenizer
     from utils.runtime import setup_runtime
 
     out_dir = Path(args.output_path)
-    # Inputs first: nothing is created for a wrong --data-path or --tokenizer-config.
+    # Inputs first: nothing is created for a wrong --data-path, --tokenizer-config or weights file.
     if not args.tokenizer_config or not Path(args.tokenizer_config).is_file():
         raise FileNotFoundError(f"--tokenizer-config file not found: {args.tokenizer_config} "
                                 "(e.g. configs/tokenizer/vavae_f16d32.yaml)")
     if not Path(args.data_path).is_dir():
         raise FileNotFoundError(f"--data-path image folder not found: {args.data_path}")
+    check_tokenizer_weights(args.tokenizer_config, args.random_init_tokenizer)
     dataset = ADMImageFolder(args.data_path, image_size=args.image_size)
     rt = setup_runtime(run_dir=str(out_dir), seed=args.seed, log_file="extraction_log.txt",
                        name="extract")

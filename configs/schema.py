@@ -6,12 +6,16 @@ without a default (it would crash when they were absent) default to the released
 that the reference lacks are marked "ours" and default to the reference behaviour.
 
 `load_config(path, overrides)` reads a YAML file, merges `a.b=value` overrides, and raises a
-one-line `ValueError` naming the file and key on unknown keys or values of the wrong type.
+one-line `ValueError` naming the file and key on unknown keys or values of the wrong type. Files
+may come from anywhere (docs/reliability.md, Security): resolver interpolations are refused and
+plain ones bounded (utils/safe_yaml.py), every key that scales work or memory has an upper bound
+(`_RANGES`), and keys that become file names are one path component (`PATH_COMPONENT_KEYS`).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +31,7 @@ from sampling.guidance import parse_cfg_channels
 from transport import LOSS_WEIGHTS, PATH_TYPES, PREDICTIONS, REPA_MODES
 from transport.integrators import LAST_STEPS, ODE_METHODS, SDE_METHODS
 from transport.path import DIFFUSION_FORMS
+from utils.safe_yaml import check_interpolations, load_yaml, refuse_resolvers
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +263,8 @@ def _validate(cfg: DictConfig, source: str) -> None:
         raise ValueError(f"{source}: 'model.semfirst_delta_t' > 0 needs 'model.semantic_chans' > 0")
     if cfg.train.global_batch_size <= 0:
         raise ValueError(f"{source}: 'train.global_batch_size' must be positive, got {cfg.train.global_batch_size}")
+    for key in PATH_COMPONENT_KEYS:
+        check_path_component(OmegaConf.select(cfg, key), key, source)
 
 
 class Range(NamedTuple):
@@ -281,32 +288,71 @@ class Range(NamedTuple):
 
 
 POSITIVE, NON_NEGATIVE, UNIT = Range(0, low_open=True), Range(0), Range(0.0, 1.0)
+
+
+def up_to(high: float, low: float = 0, low_open: bool = True) -> Range:
+    """(low, high] (default: positive, at most `high`): the bound of a key that scales work or
+    memory, far above every value of the papers so that no recipe hits it, low enough that a
+    downloaded config cannot ask for an impossible allocation or a run of years."""
+    return Range(low, high, low_open=low_open)
+
+
+# Upper bounds shared by both schemas (configs/schema.py, tokenizer/train_config.py).
+MAX_IMAGE_SIZE = 8192            # pixels per side (papers: 256, 512)
+MAX_BATCH = 1 << 20              # images per batch (papers: 1024 global, 4 per process when sampling)
+MAX_WORKERS = 256                # DataLoader workers per process (papers: 8, 16)
+MAX_STEPS = 10 ** 9              # optimizer steps / sampling batches (papers: 4M steps at most)
+MAX_IMAGES = 10 ** 8             # images generated or read in one run (papers: 50k FID samples)
+MAX_CHANNELS = 1 << 16           # latent, feature or class counts (papers: 32 channels, 1000 classes)
+MAX_WIDTH = 1 << 15              # network widths (LightningDiT-XL: 1152)
+MAX_LAYERS = 1024                # network depths / head counts (LightningDiT-XL: 28 blocks, 16 heads)
+
 # Range checks at load (None = an optional key left unset: not checked).
 _RANGES = {
-    "data.image_size": POSITIVE, "data.num_classes": POSITIVE, "data.num_workers": NON_NEGATIVE,
-    "data.latent_multiplier": POSITIVE, "vae.downsample_ratio": POSITIVE,
-    "model.in_chans": POSITIVE, "model.class_dropout_prob": UNIT, "model.hidden_size": POSITIVE,
-    "model.depth": POSITIVE, "model.num_heads": POSITIVE, "model.patch_size": POSITIVE,
-    "train.max_steps": NON_NEGATIVE, "train.global_batch_size": POSITIVE,
+    "data.image_size": up_to(MAX_IMAGE_SIZE), "data.num_classes": up_to(MAX_CHANNELS * 16),
+    "data.num_workers": up_to(MAX_WORKERS, low_open=False),
+    "data.latent_multiplier": POSITIVE, "vae.downsample_ratio": up_to(MAX_IMAGE_SIZE),
+    "model.in_chans": up_to(MAX_CHANNELS), "model.class_dropout_prob": UNIT, "model.hidden_size": up_to(MAX_WIDTH),
+    "model.depth": up_to(MAX_LAYERS), "model.num_heads": up_to(MAX_LAYERS), "model.patch_size": up_to(MAX_IMAGE_SIZE),
+    "train.max_steps": up_to(MAX_STEPS, low_open=False), "train.global_batch_size": up_to(MAX_BATCH),
     "train.global_seed": NON_NEGATIVE, "train.log_every": POSITIVE, "train.ckpt_every": POSITIVE,
     "train.ema_decay": UNIT, "train.keep_last_n": POSITIVE, "train.valid_every": POSITIVE,
-    "train.num_valid_batches": POSITIVE,
-    "train.micro_batch_size": POSITIVE, "train.eval_every": POSITIVE, "train.eval_num": POSITIVE,
-    "train.eval_steps": POSITIVE, "train.eval_cfg_scale": NON_NEGATIVE, "train.eval_batch_size": POSITIVE,
+    "train.num_valid_batches": up_to(MAX_STEPS),
+    "train.micro_batch_size": up_to(MAX_BATCH), "train.eval_every": POSITIVE, "train.eval_num": up_to(MAX_IMAGES),
+    "train.eval_steps": up_to(MAX_STEPS), "train.eval_cfg_scale": NON_NEGATIVE,
+    "train.eval_batch_size": up_to(MAX_BATCH),
     "train.spike_factor": Range(1.0, low_open=True),
     "optimizer.lr": POSITIVE, "optimizer.beta2": Range(0.0, 1.0, high_open=True),
     "optimizer.max_grad_norm": POSITIVE,
     "transport.sample_eps": Range(0.0, 1.0, high_open=True),
     "transport.train_eps": Range(0.0, 1.0, high_open=True),
-    "transport.lognorm_until_step": NON_NEGATIVE, "transport.diffusion_steps": Range(2),
-    "sample.atol": POSITIVE, "sample.rtol": POSITIVE, "sample.num_sampling_steps": POSITIVE,
-    "sample.per_proc_batch_size": POSITIVE, "sample.fid_num": POSITIVE, "sample.cfg_scale": NON_NEGATIVE,
+    "transport.lognorm_until_step": NON_NEGATIVE, "transport.diffusion_steps": Range(2, MAX_STEPS),
+    # adaptive ODE tolerances: a vanishing one makes dopri5 take astronomically many steps
+    "sample.atol": Range(1e-12, 1.0), "sample.rtol": Range(1e-12, 1.0), "sample.num_sampling_steps": up_to(MAX_STEPS),
+    "sample.per_proc_batch_size": up_to(MAX_BATCH), "sample.fid_num": up_to(MAX_IMAGES),
+    "sample.cfg_scale": NON_NEGATIVE,
     "sample.cfg_interval_start": UNIT, "sample.timestep_shift": NON_NEGATIVE,
     "sample.diffusion_norm": NON_NEGATIVE, "sample.last_step_size": Range(0.0, 1.0, True, True),
-    "model.semantic_chans": NON_NEGATIVE, "model.semfirst_delta_t": Range(0.0, 1.0, high_open=True),
-    "model.semantic_weight": NON_NEGATIVE, "model.repa_feat_depth": POSITIVE, "model.repa_weight": NON_NEGATIVE,
+    "model.semantic_chans": Range(0, MAX_CHANNELS), "model.semfirst_delta_t": Range(0.0, 1.0, high_open=True),
+    "model.semantic_weight": NON_NEGATIVE, "model.repa_feat_depth": up_to(MAX_LAYERS),
+    "model.repa_weight": NON_NEGATIVE,
     "sample.cfg_scale_sem": NON_NEGATIVE, "sample.cfg_scale_tex": NON_NEGATIVE,
 }
+# Keys whose value becomes one file or directory name (`{output_dir}/{exp_name}`,
+# `configs/tokenizer/{model_name}.yaml`): a single path component.
+PATH_COMPONENT_KEYS = ("train.exp_name", "vae.model_name")
+
+
+def check_path_component(value: Any, key: str, source: str) -> None:
+    """ValueError unless `value` (when set) is one file or directory name: not empty, '.' or
+    '..', without a path separator or control characters, so it cannot leave its directory."""
+    if value is None:
+        return
+    text = str(value)
+    separators = {"/", "\\", os.sep} | ({os.altsep} if os.altsep else set())
+    if text in ("", ".", "..") or any(c in separators or ord(c) < 32 or ord(c) == 127 for c in text):
+        raise ValueError(f"{source}: bad value for '{key}': {text!r} (must be a single file or directory "
+                         "name: no '/', '\\', '..' or control characters)")
 
 
 def check_ranges(cfg: DictConfig, ranges: Dict[str, Range], source: str) -> None:
@@ -341,9 +387,10 @@ def cfg_channels_value(cfg: DictConfig) -> Optional[int]:
 
 
 def _load_yaml(path: str) -> DictConfig:
-    """A YAML config file as a mapping; an empty, unparsable or non-mapping file is a ValueError."""
+    """A YAML config file as a mapping; an empty, unparsable or non-mapping file is a ValueError,
+    and so are resolver interpolations and oversized ones (utils/safe_yaml.py)."""
     try:
-        data = OmegaConf.load(path)
+        data = load_yaml(path)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -376,6 +423,7 @@ def load_config(path: Optional[str], overrides: Sequence[str] = (),
             raise ValueError(f"override '{item}' is not of the form key=value")
         sources.append((f"override '{item}'", OmegaConf.from_dotlist([item])))
     for source, update in sources:
+        refuse_resolvers(update, source)
         try:
             cfg = OmegaConf.merge(cfg, update)
         except ConfigKeyError as err:
@@ -384,6 +432,10 @@ def load_config(path: Optional[str], overrides: Sequence[str] = (),
             raise ValueError(f"{source}: bad value for '{err.full_key}': {_first_line(err.msg)}") from None
         except OmegaConfBaseException as err:
             raise ValueError(f"{source}: {_first_line(err.msg)}") from None
+    try:  # before anything reads a value: references are resolved on reading
+        check_interpolations(cfg, str(path) if path else "config")
+    except ValueError as err:
+        raise attribute_to_override(err, path, overrides) from None
     if schema is LightningDiTConfig:
         try:
             _validate(cfg, str(path) if path else "config")

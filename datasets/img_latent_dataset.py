@@ -45,7 +45,7 @@ from safetensors import SafetensorError, safe_open
 from torch.utils.data import Dataset
 
 from datasets.latent_norm import LatentNormalizer
-from utils.fileio import atomic_torch_save, require_torch_file
+from utils.fileio import atomic_torch_save
 
 logger = logging.getLogger(__name__)
 
@@ -294,20 +294,31 @@ def load_latent_stats(data_dir: PathLike, channels: Optional[int] = None,
             f"latent statistics not found: {path}. Download the released {path.name}, or "
             f"run extract_features.py (or `extract_features.py --stats-only --output-path "
             f"{data_dir}`) to compute them from the shards")
-    require_torch_file(path, "PyTorch stats file (torch.save of {'mean', 'std'})")
-    try:
-        stats = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, pickle of non-tensor objects, ...
+    from utils.safe_load import UnsafeFileError, load_torch_file
+
+    what = "PyTorch stats file (torch.save of {'mean', 'std'})"
+    try:  # sizes checked from the file's metadata first; a tensor bigger than its bytes is refused
+        stats = load_torch_file(path, what, max_bytes=16 << 20)   # the released file: 1.5 KB
+    except UnsafeFileError:
+        raise
+    except ValueError as err:
+        if str(err).startswith("not a "):
+            raise
+        raise ValueError(f"{path}: unreadable stats file ({err})") from None
+    except Exception as err:  # truncated zip, ...
         raise ValueError(f"{path}: unreadable stats file ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''})") from None
     if not isinstance(stats, dict) or "mean" not in stats or "std" not in stats:
         raise ValueError(f"{path}: expected a dict with 'mean' and 'std'")
     if not all(isinstance(stats[k], torch.Tensor) for k in ("mean", "std")):
         raise ValueError(f"{path}: 'mean' and 'std' must be tensors")
-    mean, std = stats["mean"].float(), stats["std"].float()
+    mean, std = stats["mean"], stats["std"]
     if mean.dim() != 4 or mean.shape != std.shape or mean.shape[0] != 1 or mean.shape[2:] != (1, 1):
         raise ValueError(f"{path}: mean/std shapes {tuple(mean.shape)}/{tuple(std.shape)}, "
                          "expected (1, C, 1, 1)")
+    if not (mean.dtype.is_floating_point and std.dtype.is_floating_point):
+        raise ValueError(f"{path}: mean/std dtypes {mean.dtype}/{std.dtype}, expected floating point")
+    mean, std = mean.float(), std.float()
     if not (torch.isfinite(mean).all() and torch.isfinite(std).all()):
         raise ValueError(f"{path}: mean/std contain NaN or inf")
     if not (std > 0).all():

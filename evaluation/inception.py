@@ -34,7 +34,7 @@ from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorIncepti
 from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 from tqdm import tqdm
 
-from utils.fileio import require_torch_file
+from utils.safe_load import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +129,7 @@ class InceptionFeatureExtractor(nn.Module):
             self.weights_path = None
         else:
             self.weights_path = resolve_weights_path(weights_path)
-            require_torch_file(self.weights_path, "PyTorch Inception weights file")
-            state_dict = torch.load(self.weights_path, map_location="cpu", weights_only=True)
+            state_dict = load_torch_file(self.weights_path, "PyTorch Inception weights file")
             self.net.load_state_dict(state_dict, strict=True)
             logger.info("loaded Inception weights from %s", self.weights_path)
         self.net.requires_grad_(False).eval()

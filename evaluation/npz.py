@@ -105,7 +105,7 @@ def create_npz_from_sample_folder(sample_dir: str, num: int | None = None) -> st
     arrays: dict = {"arr_0": StreamedArray((num, height, width, 3), np.uint8, images())}
     labels_path = os.path.join(sample_dir, LABELS_FILE)
     if os.path.isfile(labels_path):
-        labels = np.load(labels_path)
+        labels = read_npy(labels_path)
         if labels.ndim != 1 or len(labels) < num:
             raise ValueError(f"{labels_path}: need at least {num} labels (1-D), got shape {labels.shape}")
         arrays["arr_1"] = labels[:num].astype(np.int64)
@@ -115,51 +115,89 @@ def create_npz_from_sample_folder(sample_dir: str, num: int | None = None) -> st
     return out_path
 
 
+# Bounds on what a batch file may declare (checked from the .npy headers before any data is read;
+# ADM's batches: 50,000 x 256 x 256 x 3 uint8 images, 2048-d statistics).
+MAX_ITEM_BYTES = 256 << 20       # one image (a batch row): 8192 x 8192 x 3 uint8 is 192 MiB
+MAX_WHOLE_BYTES = 2 << 30        # an array that must be loaded whole (Fortran order)
+MAX_STAT_DIM = 8192              # mu (D,), sigma (D, D) of stored Inception statistics
+
+
+def _read_npy_header(f, where: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the .npy stream `f` (positioned at its start); ValueError
+    for an unknown format version or an object dtype (pickled Python objects)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version in ((2, 0), (3, 0)):    # 3.0 differs only by a UTF-8 header, ASCII for arrays
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"{where}: unsupported .npy format version {version}")
+    if dtype.hasobject:
+        raise ValueError(f"{where}: holds Python objects (dtype {dtype}); only numeric arrays are read")
+    return tuple(shape), fortran, dtype
+
+
+def _check_size(where: str, shape: tuple[int, ...], dtype: np.dtype, header_bytes: int,
+                member_bytes: int) -> None:
+    """The data a header declares must be exactly what the member holds (as np.save writes it)."""
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if header_bytes + declared != member_bytes:
+        raise ValueError(f"{where}: header declares shape {shape} {dtype} ({declared} bytes) but the "
+                         f"file holds {member_bytes - header_bytes} bytes of data")
+
+
 class NpzArrayReader:
     """One array of an .npz, streamed in row batches from the zip member (as ADM reads arr_0).
 
-    Format 1.0/2.0 C-ordered arrays are read batch by batch; others are loaded whole (same values).
+    The member's .npy header is checked before any data is read: a numeric dtype, a declared size
+    equal to the bytes the member holds, one row at most `MAX_ITEM_BYTES` (a batch of rows is what
+    is allocated), and at most `MAX_WHOLE_BYTES` for a Fortran-ordered array, which is loaded
+    whole. Format 1.0/2.0/3.0 C-ordered arrays are read batch by batch.
     """
 
     def __init__(self, path: str, key: str = "arr_0"):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"batch file not found: {path}")
         self.path, self.key, self.member = path, key, f"{key}.npy"
+        where = f"{path} ('{key}')"
         try:
             with zipfile.ZipFile(path) as zf:
                 if self.member not in zf.namelist():
                     keys = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
                     raise ValueError(f"{path} has no array '{key}' (arrays: {keys})")
+                info = zf.getinfo(self.member)
                 with zf.open(self.member) as f:
-                    self.shape, self.fortran_order, self.dtype = self._read_header(f)
+                    self.shape, self.fortran_order, self.dtype = _read_npy_header(f, where)
+                    header_bytes = f.tell()
         except zipfile.BadZipFile as err:
             raise ValueError(f"{path} is not an .npz file ({err})") from None
-
-    @staticmethod
-    def _read_header(f) -> tuple[tuple[int, ...], bool, np.dtype]:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            return np.lib.format.read_array_header_1_0(f)
-        if version == (2, 0):
-            return np.lib.format.read_array_header_2_0(f)
-        return None, True, None  # other versions: _streamable is False, read whole
+        _check_size(where, self.shape, self.dtype, header_bytes, info.file_size)
+        row = int(np.prod(self.shape[1:], dtype=object)) * self.dtype.itemsize if self.shape else 0
+        if row > MAX_ITEM_BYTES:
+            raise ValueError(f"{where}: one row of shape {self.shape[1:]} is {row} bytes (at most {MAX_ITEM_BYTES})")
+        if self.fortran_order and info.file_size > MAX_WHOLE_BYTES:
+            raise ValueError(f"{where}: a Fortran-ordered array of {info.file_size} bytes (read whole; "
+                             f"at most {MAX_WHOLE_BYTES})")
 
     @property
     def _streamable(self) -> bool:
-        return self.shape is not None and not self.fortran_order and not self.dtype.hasobject
+        return not self.fortran_order
 
     def __len__(self) -> int:
-        if self.shape is None:
-            self.shape = np.load(self.path)[self.key].shape
-        return self.shape[0]
+        return self.shape[0] if self.shape else 1
+
+    def read(self) -> np.ndarray:
+        """The whole array (for small ones: labels, statistics)."""
+        with np.load(self.path, allow_pickle=False) as f:
+            return f[self.key]
 
     def iter_batches(self, batch_size: int) -> Iterator[np.ndarray]:
         if not self._streamable:
-            arr = np.load(self.path)[self.key]
+            arr = self.read()
             yield from (arr[i: i + batch_size] for i in range(0, len(arr), batch_size))
             return
         with zipfile.ZipFile(self.path) as zf, zf.open(self.member) as f:
-            self._read_header(f)
+            _read_npy_header(f, self.path)
             for start in range(0, self.shape[0], batch_size):
                 batch = np.empty((min(batch_size, self.shape[0] - start), *self.shape[1:]), self.dtype)
                 view, got = memoryview(batch).cast("B"), 0
@@ -171,6 +209,19 @@ class NpzArrayReader:
                 yield batch
 
 
+def read_npy(path: str, max_bytes: int = MAX_WHOLE_BYTES) -> np.ndarray:
+    """A small standalone .npy file (e.g. a sample folder's labels.npy), its header checked
+    (numeric dtype, declared size equal to the file's, at most `max_bytes`) before loading."""
+    with open(path, "rb") as f:
+        shape, _, dtype = _read_npy_header(f, path)
+        header_bytes = f.tell()
+    size = os.path.getsize(path)
+    _check_size(path, shape, dtype, header_bytes, size)
+    if size > max_bytes:
+        raise ValueError(f"{path}: {size} bytes (at most {max_bytes})")
+    return np.load(path, allow_pickle=False)
+
+
 def read_batch_images(path: str, any_dtype: bool = False) -> NpzArrayReader:
     """The `arr_0` images of an ADM batch; they must be uint8 (N, H, W, 3) in 0..255 (only the
     header is read here).
@@ -179,19 +230,29 @@ def read_batch_images(path: str, any_dtype: bool = False) -> NpzArrayReader:
     refuse anything but uint8 instead, unless `any_dtype` (the evaluator's --allow-mismatch).
     """
     reader = NpzArrayReader(path, "arr_0")
-    if reader.shape is not None and ((reader.dtype != np.uint8 and not any_dtype) or len(reader.shape) != 4
-                                     or reader.shape[-1] != 3):
+    if (reader.dtype != np.uint8 and not any_dtype) or len(reader.shape) != 4 or reader.shape[-1] != 3:
         raise ValueError(f"{path}: arr_0 must be uint8 (N, H, W, 3) images in 0..255, "
                          f"got {reader.dtype} {reader.shape}")
     return reader
 
 
 def read_batch_statistics(path: str) -> dict[str, np.ndarray] | None:
-    """`mu, sigma, mu_s, sigma_s` stored in a batch file, or None when it has no `mu` (as ADM)."""
-    with np.load(path) as f:
-        if "mu" not in f.files:
-            return None
-        missing = [k for k in STAT_KEYS if k not in f.files]
-        if missing:
-            raise ValueError(f"{path} has 'mu' but lacks {missing} (ADM needs all of {STAT_KEYS})")
-        return {k: f[k] for k in STAT_KEYS}
+    """`mu, sigma, mu_s, sigma_s` stored in a batch file, or None when it has no `mu` (as ADM).
+    Their headers are checked first: float `mu` (D,) and `sigma` (D, D) with D <= MAX_STAT_DIM."""
+    with zipfile.ZipFile(path) as zf:
+        names = {n[:-4] for n in zf.namelist() if n.endswith(".npy")}
+    if "mu" not in names:
+        return None
+    missing = [k for k in STAT_KEYS if k not in names]
+    if missing:
+        raise ValueError(f"{path} has 'mu' but lacks {missing} (ADM needs all of {STAT_KEYS})")
+    out = {}
+    for mu_key, sigma_key in (("mu", "sigma"), ("mu_s", "sigma_s")):
+        mu, sigma = NpzArrayReader(path, mu_key), NpzArrayReader(path, sigma_key)
+        dim = mu.shape[0] if len(mu.shape) == 1 else -1
+        if not (0 < dim <= MAX_STAT_DIM and sigma.shape == (dim, dim) and mu.dtype.kind == "f"
+                and sigma.dtype.kind == "f"):
+            raise ValueError(f"{path}: '{mu_key}' {mu.shape} {mu.dtype} / '{sigma_key}' {sigma.shape} "
+                             f"{sigma.dtype}: expected float (D,) and (D, D) with D <= {MAX_STAT_DIM}")
+        out[mu_key], out[sigma_key] = mu.read(), sigma.read()
+    return {k: out[k] for k in STAT_KEYS}

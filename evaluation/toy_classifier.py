@@ -21,7 +21,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from evaluation.npz import NpzArrayReader, read_batch_images
 from utils.fileio import atomic_torch_save
+from utils.safe_load import load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -108,19 +110,25 @@ def load_classifier(path: str) -> ToyClassifier:
     if not Path(path).is_file():
         raise FileNotFoundError(f"classifier checkpoint not found: {path} (train it with "
                                 "`python -m evaluation.toy_classifier train ...`)")
-    ckpt = torch.load(path, map_location="cpu")
-    model = ToyClassifier(ckpt["num_classes"])
+    ckpt = load_torch_file(path, "toy classifier checkpoint")
+    if not isinstance(ckpt, dict) or not {"model", "num_classes"} <= set(ckpt):
+        raise ValueError(f"{path}: not a toy classifier checkpoint (expected 'model' and 'num_classes' entries)")
+    model = ToyClassifier(int(ckpt["num_classes"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
 
 def conditional_accuracy(ckpt_path: str, samples_npz: str) -> Dict:
     """Accuracy of the classifier on generated samples against the labels they were sampled for."""
-    data = np.load(samples_npz)
-    if "arr_1" not in data:
-        raise ValueError(f"{samples_npz}: no labels (arr_1); sample with inference.py, which stores them")
-    images, labels = data["arr_0"], data["arr_1"].astype(np.int64)
-    preds = predict(load_classifier(ckpt_path), images)
+    images = read_batch_images(samples_npz)           # headers checked before reading (npz.py)
+    try:
+        labels = NpzArrayReader(samples_npz, "arr_1").read().astype(np.int64)
+    except ValueError as err:
+        if "has no array 'arr_1'" not in str(err):
+            raise
+        raise ValueError(f"{samples_npz}: no labels (arr_1); sample with inference.py, which stores them") from None
+    model = load_classifier(ckpt_path)
+    preds = np.concatenate([predict(model, batch) for batch in images.iter_batches(1024)])
     num_classes = int(max(labels.max(), preds.max())) + 1
     return {"samples": int(len(labels)), "accuracy": float((preds == labels).mean()),
             "chance": 1.0 / num_classes,

@@ -12,14 +12,13 @@ that is missing, unexpected or of the wrong shape is reported by name and raises
 """
 import logging
 import os
-import pickle
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from utils.fileio import require_torch_file
+from utils.safe_load import load_weights_file
 from utils.state_dict import load_strict
 
 logger = logging.getLogger(__name__)
@@ -73,30 +72,22 @@ def _is_state_dict(obj) -> bool:
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items())
 
 
-def read_lightningdit_state_dict(path: PathLike, prefer_ema: bool = True,
-                                 weights_only: bool = True) -> Tuple[Dict[str, torch.Tensor], str]:
+def read_lightningdit_state_dict(path: PathLike, prefer_ema: bool = True) -> Tuple[Dict[str, torch.Tensor], str]:
     """Read a checkpoint file and return (clean state dict on CPU, source), where source is
     "ema", "model" or "state_dict" (a bare dict / safetensors file).
 
     prefer_ema picks `ema` over `model` when both exist; a file with only one of them uses it.
-    weights_only=True refuses pickled Python objects other than tensors, containers and OmegaConf
-    configs; pass False only for files you trust."""
+    The file is read by utils/safe_load.py (sizes checked first, weights_only=True; pickled
+    Python objects other than tensors, containers and OmegaConf configs need
+    $LIGHTNINGDIT_TRUSTED_PICKLES)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LightningDiT checkpoint not found: {path} ({RELEASED_CHECKPOINTS_HINT})")
 
+    with torch.serialization.safe_globals(_omegaconf_globals()):  # the authors' `config` entry
+        obj = load_weights_file(path)
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return clean_state_dict(load_file(str(path), device="cpu")), "state_dict"
-
-    require_torch_file(path)
-    try:
-        with torch.serialization.safe_globals(_omegaconf_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=weights_only)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"{path}: cannot be read with weights_only=True ({str(e).splitlines()[0]}); "
-            "pass weights_only=False if you trust this file") from e
+        return clean_state_dict(obj), "state_dict"
 
     if _is_state_dict(obj):
         return clean_state_dict(obj), "state_dict"
@@ -116,14 +107,14 @@ def read_lightningdit_state_dict(path: PathLike, prefer_ema: bool = True,
                      f"(top-level keys: {sorted(map(str, obj))})")
 
 
-def load_lightningdit_checkpoint(path: PathLike, model: Optional[nn.Module] = None, prefer_ema: bool = True,
-                                 weights_only: bool = True) -> Union[nn.Module, Dict[str, torch.Tensor]]:
+def load_lightningdit_checkpoint(path: PathLike, model: Optional[nn.Module] = None,
+                                 prefer_ema: bool = True) -> Union[nn.Module, Dict[str, torch.Tensor]]:
     """Load LightningDiT weights from `path` (.pt or .safetensors), strictly.
 
     With `model`, its weights are replaced in place (strict: any missing / unexpected /
     mis-shaped key raises ValueError naming it) and the model is returned. Without `model`, the
     clean state dict (prefixes stripped, EMA preferred) is returned for the caller to use."""
-    state_dict, source = read_lightningdit_state_dict(path, prefer_ema=prefer_ema, weights_only=weights_only)
+    state_dict, source = read_lightningdit_state_dict(path, prefer_ema=prefer_ema)
     if model is None:
         return state_dict
     load_strict(model, state_dict, f"{path} [{source}]")

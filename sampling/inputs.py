@@ -11,6 +11,7 @@ from models.checkpoint import RELEASED_CHECKPOINTS_HINT
 from sampling.networks import autoguidance_active, guide_config
 from sampling.pipeline import check_sampling_settings, tokenizer_config_path
 from utils.fileio import require_intact_torch_file
+from utils.safe_load import check_torch_file
 
 
 def check_sampling_inputs(cfg) -> None:
@@ -26,6 +27,7 @@ def check_sampling_inputs(cfg) -> None:
         raise FileNotFoundError(f"LightningDiT checkpoint not found: {ckpt} ({RELEASED_CHECKPOINTS_HINT})")
     if ckpt.suffix != ".safetensors":
         require_intact_torch_file(ckpt)
+        check_torch_file(ckpt)    # sizes and pickled code, before anything is created
     tok = tokenizer_config_path(cfg)
     if not tok.is_file():
         raise FileNotFoundError(f"tokenizer config not found: {tok} (vae.config_path or "

@@ -4,7 +4,11 @@ Replaces the reference's `AutoencoderKL.init_from_ckpt` (docs/reference_behaviou
 filters with `'foundation_model.model' and 'loss' not in k` (only "loss" keys are dropped) and
 loads with strict=False, so a wrong path or prefix silently leaves a random VAE. Here:
 - `.pt` / `.ckpt` (a bare state dict, `{'state_dict': ...}` as in Lightning checkpoints, or
-  `{state_key: ...}`, e.g. MAR's `{'model': ...}`) and `.safetensors` are read;
+  `{state_key: ...}`, e.g. MAR's `{'model': ...}`) and `.safetensors` are read, through
+  utils/safe_load.py: sizes checked before loading, `weights_only=True`, and a file whose pickle
+  needs other Python objects (a full Lightning checkpoint of old pytorch-lightning versions) is
+  refused unless the user lists it in $LIGHTNINGDIT_TRUSTED_PICKLES (the reference loads every
+  file with weights_only=False, running whatever code it holds);
 - the training-only entries of the released file (`loss.*`, `foundation_model.*`, `linear_proj.*`)
   are dropped and counted in a log line;
 - any other unexpected key, any missing autoencoder key or any shape mismatch raises ValueError
@@ -14,13 +18,12 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
 
-from utils.fileio import require_torch_file
+from utils.safe_load import load_weights_file
 from utils.state_dict import load_strict
 
 logger = logging.getLogger(__name__)
@@ -30,18 +33,6 @@ VAVAE_WEIGHTS_HINT = ("download vavae-imagenet256-f16d32-dinov2.pt from the Hugg
                       "hustvl/vavae-imagenet256-f16d32-dinov2 and set ckpt_path in the tokenizer YAML")
 MARVAE_WEIGHTS_HINT = ("download MAR's KL-16 VAE (kl16.ckpt, Hugging Face hub repo jadechoghari/mar, "
                        "see github.com/LTH14/mar) and set ckpt_path in the tokenizer YAML")
-
-
-def _torch_load(path: str) -> Any:
-    """torch.load with weights_only=True; a full Lightning checkpoint (pickled callbacks and
-    hyper-parameters) needs weights_only=False, which is only safe for files you trust."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        logger.info("%s is not a plain tensor file (%s); loading it with weights_only=False, "
-                    "as a full Lightning checkpoint needs (only do this for trusted files)",
-                    path, str(err).splitlines()[0])
-        return torch.load(path, map_location="cpu", weights_only=False)
 
 
 def read_state_dict(path: str | os.PathLike, state_key: str | None = None,
@@ -54,12 +45,7 @@ def read_state_dict(path: str | os.PathLike, state_key: str | None = None,
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"autoencoder checkpoint not found: {path} ({hint})")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        obj: Any = load_file(path, device="cpu")
-    else:
-        require_torch_file(path)
-        obj = _torch_load(path)
+    obj: Any = load_weights_file(path)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a dict checkpoint, got {type(obj).__name__}")
     if state_key is not None:

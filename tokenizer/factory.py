@@ -14,11 +14,11 @@ from __future__ import annotations
 import os
 from typing import Any, Dict
 
-from omegaconf import OmegaConf
-
 from tokenizer.marvae import MAR_VAE
-from tokenizer.sdvae import SD_VAE
+from tokenizer.sdvae import SD_VAE, WEIGHTS_NAMES
 from tokenizer.vavae import VA_VAE
+from utils.safe_load import check_torch_file
+from utils.safe_yaml import load_yaml
 
 TOKENIZERS: Dict[str, type] = {"vavae": VA_VAE, "marvae": MAR_VAE, "sdvae": SD_VAE}
 DEFAULT_TOKENIZER = "vavae"
@@ -36,10 +36,33 @@ def tokenizer_type(config_path: str | os.PathLike) -> str:
     path = os.fspath(config_path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"tokenizer config not found: {path}")
-    name = OmegaConf.load(path).get("tokenizer", None) or DEFAULT_TOKENIZER
+    name = load_yaml(path).get("tokenizer", None) or DEFAULT_TOKENIZER
     if name not in TOKENIZERS:
         raise ValueError(f"{path}: unknown tokenizer '{name}' (choose one of {', '.join(TOKENIZERS)})")
     return name
+
+
+def check_tokenizer_weights(config_path: str | os.PathLike, random_init: bool = False) -> None:
+    """The weights a tokenizer YAML names, checked without loading them, so that a command can
+    refuse before it creates anything: `ckpt_path` set and present (a file, or for SD-VAE a
+    diffusers folder), and a PyTorch file checked by `utils.safe_load.check_torch_file` (sizes,
+    pickled code). Nothing to check with `random_init`."""
+    if random_init:
+        return
+    path = os.fspath(config_path)
+    wrapper = TOKENIZERS[tokenizer_type(path)]
+    ckpt = load_yaml(path).get("ckpt_path")
+    if not ckpt:
+        raise ValueError(f"{path}: ckpt_path is not set ({wrapper.weights_hint}); "
+                         "random weights need random_init=True")
+    ckpt = os.fspath(ckpt)
+    if not os.path.exists(ckpt):
+        raise FileNotFoundError(f"tokenizer weights not found: {ckpt} ({wrapper.weights_hint})")
+    if os.path.isdir(ckpt):   # SD-VAE diffusers folder: safetensors first, as diffusers loads
+        names = [os.path.join(ckpt, n) for n in WEIGHTS_NAMES if os.path.isfile(os.path.join(ckpt, n))]
+        ckpt = names[0] if names else ckpt
+    if os.path.isfile(ckpt) and not ckpt.endswith(".safetensors"):
+        check_torch_file(ckpt)
 
 
 def load_tokenizer(config_path: str | os.PathLike, **kwargs: Any) -> VA_VAE:

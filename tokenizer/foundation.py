@@ -49,6 +49,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from utils.safe_load import load_weights_file
 from utils.state_dict import load_strict
 
 logger = logging.getLogger(__name__)
@@ -108,6 +109,33 @@ FOUNDATION_MODELS = {
 }
 
 
+# `model_kwargs` a config may pass to timm.create_model: the architecture sizes that tests and tiny
+# demos shrink, each with an upper bound. Anything else (`checkpoint_path`, `pretrained_cfg`,
+# `pretrained_cfg_overlay`, ...) could make timm read or download files, so it is refused.
+MODEL_KWARGS_BOUNDS = {"img_size": 8192, "patch_size": 1024, "embed_dim": 1 << 15, "depth": 1024,
+                       "num_heads": 1024, "mlp_ratio": 64, "window_size": 8192, "neck_chans": 1 << 15,
+                       "global_attn_indexes": 1024}
+
+
+def check_model_kwargs(model_kwargs: Mapping[str, Any]) -> None:
+    """ValueError unless every entry is a known architecture size within its bound (a positive
+    number, or for `global_attn_indexes` a list of block indices)."""
+    for key, value in model_kwargs.items():
+        if value is None or not str(key).isidentifier():   # timm drops None-valued kwargs silently
+            raise ValueError(f"foundation model_kwargs: bad entry {key!r}: {value!r} (a YAML / "
+                             "override mapping needs a space after each colon: {embed_dim: 32})")
+        if key not in MODEL_KWARGS_BOUNDS:
+            raise ValueError(f"foundation model_kwargs: unknown key {key!r} (allowed: "
+                             f"{', '.join(sorted(MODEL_KWARGS_BOUNDS))})")
+        high = MODEL_KWARGS_BOUNDS[key]
+        values = list(value) if isinstance(value, (list, tuple)) and key == "global_attn_indexes" else [value]
+        lowest = 0 if key == "global_attn_indexes" else 1
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and lowest <= v <= high
+                   for v in values) or len(values) > high:
+            raise ValueError(f"foundation model_kwargs: bad value for {key!r}: {value!r} "
+                             f"(expected {'block indices' if lowest == 0 else 'a number'} in [{lowest}, {high}])")
+
+
 def weights_hint(name: str) -> str:
     spec = FOUNDATION_MODELS[name]
     return (f"download model.safetensors from the Hugging Face hub repo {spec.hub_id} "
@@ -115,10 +143,7 @@ def weights_hint(name: str) -> str:
 
 
 def _read_weights(path: str) -> Mapping[str, Any]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(path, device="cpu")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return load_weights_file(path, "foundation-model weights file")
 
 
 def _checkpoint_filter(name: str) -> Callable:
@@ -169,10 +194,7 @@ class FoundationModel(nn.Module):
         if self.spec.input_mode != NATIVE:   # plain ViTs: positions follow the input size
             kwargs["dynamic_img_size"] = True
         kwargs.update(dict(self.spec.timm_kwargs))
-        for key, value in (model_kwargs or {}).items():
-            if value is None or not str(key).isidentifier():   # timm drops None-valued kwargs silently
-                raise ValueError(f"foundation model_kwargs: bad entry {key!r}: {value!r} (a YAML / "
-                                 "override mapping needs a space after each colon: {embed_dim: 32})")
+        check_model_kwargs(model_kwargs or {})
         kwargs.update(model_kwargs or {})
         self.model = timm.create_model(self.spec.arch, pretrained=False, **kwargs)
         if weights:

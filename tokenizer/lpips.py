@@ -21,6 +21,8 @@ import lpips
 import torch
 import torch.nn as nn
 
+from utils.safe_load import load_torch_file
+
 logger = logging.getLogger(__name__)
 
 VGG_WEIGHTS_ENV = "LPIPS_VGG_WEIGHTS"
@@ -81,7 +83,7 @@ class LPIPSLoss(nn.Module):
         self.scaling_layer = lpips.ScalingLayer()  # constant shift/scale buffers, built on the CPU
         self.net = base.net.to_empty(device="cpu")
         self.lin0, self.lin1, self.lin2, self.lin3, self.lin4 = (m.to_empty(device="cpu") for m in base.lins)
-        self._load_strict(torch.load(lpips_calibration_path(), map_location="cpu", weights_only=True),
+        self._load_strict(load_torch_file(lpips_calibration_path(), "LPIPS calibration file"),
                           prefix="lin", source=lpips_calibration_path())
         if random_init:
             logger.warning("LPIPS with a random VGG16 (random_init=True): values are meaningless")
@@ -90,7 +92,7 @@ class LPIPSLoss(nn.Module):
                     nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
                     nn.init.zeros_(m.bias)
         else:
-            sd = torch.load(os.fspath(vgg_weights), map_location="cpu", weights_only=True)
+            sd = load_torch_file(vgg_weights, "VGG16 weights file")
             if any(k.startswith("features.") for k in sd):
                 sd, dropped = _vgg_to_lpips_keys(sd)
                 logger.info("LPIPS: loaded VGG16 features from %s (ignored %d classifier tensors)",

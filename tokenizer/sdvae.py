@@ -37,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from tokenizer.checkpoint import load_strict, read_state_dict
 from tokenizer.distributions import DiagonalGaussianDistribution
 from tokenizer.vavae import VA_VAE
+from utils.safe_yaml import load_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def load_sdvae_config(config_path: str | os.PathLike) -> DictConfig:
     config_path = os.fspath(config_path)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"tokenizer config not found: {config_path}")
-    cfg = OmegaConf.load(config_path)
+    cfg = load_yaml(config_path)   # resolvers refused, interpolations bounded
     if OmegaConf.select(cfg, "model.params.latent_channels") is None:
         raise ValueError(f"{config_path}: missing key 'model.params.latent_channels' "
                          "(model.params holds diffusers AutoencoderKL arguments)")

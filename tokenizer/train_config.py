@@ -27,9 +27,10 @@ from typing import Any, ClassVar, Dict, List, Mapping, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf
 
-from configs.schema import (NON_NEGATIVE, POSITIVE, REPORT_TO, UNIT, Range, attribute_to_override, check_ranges,
-                            load_config)
-from tokenizer.foundation import FOUNDATION_MODELS
+from configs.schema import (MAX_BATCH, MAX_CHANNELS, MAX_IMAGE_SIZE, MAX_IMAGES, MAX_LAYERS, MAX_STEPS,
+                            MAX_WIDTH, MAX_WORKERS, NON_NEGATIVE, POSITIVE, REPORT_TO, UNIT, Range,
+                            attribute_to_override, check_path_component, check_ranges, load_config, up_to)
+from tokenizer.foundation import FOUNDATION_MODELS, check_model_kwargs
 from tokenizer.losses import DISC_LOSSES
 from training.lr_schedule import DECAYS, LRSchedule
 
@@ -232,13 +233,14 @@ class TokenizerTrainConfig:
     compat_keys: ClassVar[Mapping[str, str]] = COMPAT_KEYS
 
 
-# Range checks at load (None = an optional key left unset: not checked).
+# Range checks at load (None = an optional key left unset: not checked). Keys that scale work or
+# memory are bounded far above the authors' values (configs/schema.py `up_to`).
 TRAIN_RANGES = {
-    "model.base_learning_rate": POSITIVE, "model.params.embed_dim": POSITIVE,
+    "model.base_learning_rate": POSITIVE, "model.params.embed_dim": up_to(MAX_CHANNELS),
     "model.params.lossconfig.params.disc_start": NON_NEGATIVE,
     "model.params.lossconfig.params.kl_weight": NON_NEGATIVE,
-    "model.params.lossconfig.params.disc_num_layers": POSITIVE,
-    "model.params.lossconfig.params.disc_in_channels": POSITIVE,
+    "model.params.lossconfig.params.disc_num_layers": up_to(MAX_LAYERS),
+    "model.params.lossconfig.params.disc_in_channels": up_to(MAX_CHANNELS),
     "model.params.lossconfig.params.disc_factor": NON_NEGATIVE,
     "model.params.lossconfig.params.disc_weight": NON_NEGATIVE,
     "model.params.lossconfig.params.perceptual_weight": NON_NEGATIVE,
@@ -247,22 +249,35 @@ TRAIN_RANGES = {
     "model.params.lossconfig.params.distmat_margin": Range(0.0, 2.0),
     "model.params.lossconfig.params.distmat_weight": NON_NEGATIVE,
     "model.params.lossconfig.params.cos_weight": NON_NEGATIVE,
-    "model.params.lossconfig.params.disc_ndf": POSITIVE,
-    "model.params.ddconfig.z_channels": POSITIVE, "model.params.ddconfig.resolution": POSITIVE,
-    "model.params.ddconfig.in_channels": POSITIVE, "model.params.ddconfig.out_ch": POSITIVE,
-    "model.params.ddconfig.ch": POSITIVE, "model.params.ddconfig.num_res_blocks": POSITIVE,
+    "model.params.lossconfig.params.disc_ndf": up_to(MAX_WIDTH),
+    "model.params.ddconfig.z_channels": up_to(MAX_CHANNELS), "model.params.ddconfig.resolution": up_to(MAX_IMAGE_SIZE),
+    "model.params.ddconfig.in_channels": up_to(MAX_CHANNELS), "model.params.ddconfig.out_ch": up_to(MAX_CHANNELS),
+    "model.params.ddconfig.ch": up_to(MAX_WIDTH), "model.params.ddconfig.num_res_blocks": up_to(MAX_LAYERS),
     "model.params.ddconfig.dropout": Range(0.0, 1.0, high_open=True),
-    "data.params.batch_size": POSITIVE, "data.params.num_workers": NON_NEGATIVE,
-    "data.params.train.size": POSITIVE, "data.params.train.max_images": POSITIVE,
-    "data.params.validation.size": POSITIVE, "data.params.validation.max_images": POSITIVE,
-    "lightning.trainer.num_nodes": POSITIVE, "lightning.trainer.max_epochs": POSITIVE,
-    "train.seed": NON_NEGATIVE, "train.max_steps": POSITIVE, "train.log_every": POSITIVE,
-    "train.sample_every": POSITIVE, "train.num_sample_images": POSITIVE, "train.val_every": POSITIVE,
-    "train.val_max_batches": POSITIVE, "train.ckpt_every": POSITIVE, "train.keep_last_n": POSITIVE,
+    "data.params.batch_size": up_to(MAX_BATCH), "data.params.num_workers": up_to(MAX_WORKERS, low_open=False),
+    "data.params.train.size": up_to(MAX_IMAGE_SIZE), "data.params.train.max_images": up_to(MAX_IMAGES),
+    "data.params.validation.size": up_to(MAX_IMAGE_SIZE), "data.params.validation.max_images": up_to(MAX_IMAGES),
+    "lightning.trainer.num_nodes": up_to(MAX_BATCH), "lightning.trainer.max_epochs": up_to(MAX_STEPS),
+    "train.seed": NON_NEGATIVE, "train.max_steps": up_to(MAX_STEPS), "train.log_every": POSITIVE,
+    "train.sample_every": POSITIVE, "train.num_sample_images": up_to(MAX_BATCH), "train.val_every": POSITIVE,
+    "train.val_max_batches": up_to(MAX_STEPS), "train.ckpt_every": POSITIVE, "train.keep_last_n": POSITIVE,
     "train.lr_schedule.warmup_steps": NON_NEGATIVE, "train.lr_schedule.warmup_start": UNIT,
     "train.lr_schedule.decay_start": NON_NEGATIVE, "train.lr_schedule.total_steps": POSITIVE,
     "train.lr_schedule.final": UNIT,
 }
+# Lists whose entries scale the network: ch_mult (widths ch * mult, one level per entry) and the
+# attention resolutions.
+LIST_BOUNDS = {"model.params.ddconfig.ch_mult": (up_to(MAX_WIDTH), 64),
+               "model.params.ddconfig.attn_resolutions": (up_to(MAX_IMAGE_SIZE), 64)}
+
+
+def _check_lists(cfg: DictConfig, source: str) -> None:
+    """Each list of `LIST_BOUNDS`: at most its length, every entry in its range."""
+    for key, (allowed, max_len) in LIST_BOUNDS.items():
+        values = OmegaConf.select(cfg, key) or []
+        if len(values) > max_len or not all(isinstance(v, int) and allowed.holds(v) for v in values):
+            raise ValueError(f"{source}: bad value for '{key}': {list(values)} (at most {max_len} entries, "
+                             f"each {allowed})")
 
 
 def mixed_precision(cfg: DictConfig) -> str:
@@ -306,6 +321,12 @@ def validate_train_config(cfg: DictConfig, source: str = "config") -> None:
     if cfg.train.max_steps is None and cfg.lightning.trainer.max_epochs is None:
         raise ValueError(f"{source}: set 'lightning.trainer.max_epochs' or 'train.max_steps'")
     check_ranges(cfg, TRAIN_RANGES, source)
+    _check_lists(cfg, source)
+    try:
+        check_model_kwargs(OmegaConf.to_container(params.foundation.model_kwargs, resolve=True))
+    except ValueError as err:
+        raise ValueError(f"{source}: bad value for 'model.params.foundation.model_kwargs': {err}") from None
+    check_path_component(cfg.train.exp_name, "train.exp_name", source)
     mixed_precision(cfg)
     lr_schedule(cfg, source)
 

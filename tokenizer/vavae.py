@@ -26,6 +26,7 @@ from torchvision import transforms
 from datasets.transforms import center_crop_arr
 from tokenizer.autoencoder import AutoencoderKL
 from tokenizer.checkpoint import VAVAE_WEIGHTS_HINT, load_autoencoder_weights
+from utils.safe_yaml import load_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def load_tokenizer_config(config_path: str | os.PathLike) -> DictConfig:
     config_path = os.fspath(config_path)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"tokenizer config not found: {config_path}")
-    cfg = OmegaConf.load(config_path)
+    cfg = load_yaml(config_path)   # resolvers refused, interpolations bounded
     for key in ("model.params.embed_dim", "model.params.ddconfig"):
         if OmegaConf.select(cfg, key) is None:
             raise ValueError(f"{config_path}: missing key '{key}'")

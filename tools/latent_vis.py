@@ -27,6 +27,8 @@ from typing import Dict, Optional, Union
 import numpy as np
 import torch
 
+from utils.safe_load import load_torch_file
+
 logger = logging.getLogger(__name__)
 
 TSNE_SEED, TSNE_PERPLEXITY, TSNE_ITERS = 42, 30.0, 1000
@@ -116,7 +118,7 @@ def load_latents(path: Union[str, Path], num_samples: int = 10000, seed: int = 0
         return sample_latent_vectors(path, num_samples, seed)
     if not path.is_file():
         raise FileNotFoundError(f"latent input not found: {path}")
-    x = torch.load(path, map_location="cpu", weights_only=True)
+    x = load_torch_file(path, "latent tensor file")   # a downloaded cache: sizes checked, no code
     if not isinstance(x, torch.Tensor) or x.dim() != 2:
         raise ValueError(f"{path}: expected an (N, C) tensor, got "
                          f"{tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}")

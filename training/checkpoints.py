@@ -8,12 +8,12 @@ are still listed, resumed from (with a log line) and pruned.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from utils.fileio import atomic_torch_save
+from utils.fileio import atomic_symlink, atomic_torch_save
+from utils.safe_load import UnsafeFileError, load_torch_file
 
 logger = logging.getLogger(__name__)
 
@@ -46,14 +46,15 @@ class CheckpointError(ValueError):
 
 
 def read_checkpoint(path: Path, required: Sequence[str] = ()) -> Dict[str, Any]:
-    """torch.load(path) on the CPU (weights only), checking that the top-level `required` keys
-    exist; a file that fails either way raises with one line naming it."""
-    import torch
-
+    """torch.load(path) on the CPU (weights only, sizes checked first: utils/safe_load.py),
+    checking that the top-level `required` keys exist; a file that fails either way raises with
+    one line naming it."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated zip, bad pickle, text file: all mean "not readable"
-        raise CheckpointError(f"corrupt checkpoint {path}: {_first_line(err)}") from None
+        ckpt = load_torch_file(path)
+    except Exception as err:  # truncated zip, bad pickle, text file: not readable; pickled code: refused
+        reason = str(err) if isinstance(err, UnsafeFileError) else _first_line(err)
+        reason = reason[len(f"{path}: "):] if reason.startswith(f"{path}: ") else reason
+        raise CheckpointError(f"corrupt checkpoint {path}: {reason}") from None
     missing = [k for k in required if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
         raise CheckpointError(f"corrupt checkpoint {path}: no {missing} entries")
@@ -111,11 +112,7 @@ def save_checkpoint(state: Dict[str, Any], ckpt_dir: Path, step: int, keep_last_
     path = checkpoint_path(ckpt_dir, step)
     atomic_torch_save(state, path)
     if link_last:
-        tmp = path.parent / ".last.pt.tmp"
-        if tmp.is_symlink() or tmp.exists():
-            tmp.unlink()
-        tmp.symlink_to(path.name)  # relative: the run directory can move
-        os.replace(tmp, path.parent / "last.pt")
+        atomic_symlink(path.name, path.parent / "last.pt")  # relative: the run directory can move
     for old in prune_checkpoints(ckpt_dir, keep_last_n):
         logger.info("removed old checkpoint %s", old)
     logger.info("saved checkpoint to %s", path)

@@ -9,6 +9,7 @@ from datasets.img_latent_dataset import LatentShards, require_repa_target, valid
 from models.build import build_model, latent_size
 from tokenizer.data import IMG_EXTENSIONS
 from utils.fileio import require_intact_torch_file, require_torch_file
+from utils.safe_load import check_torch_file
 
 
 def check_training_inputs(cfg) -> None:
@@ -35,6 +36,7 @@ def check_training_inputs(cfg) -> None:
             raise FileNotFoundError(f"train.weight_init checkpoint not found: {path}")
         if path.suffix != ".safetensors":
             require_intact_torch_file(path)
+            check_torch_file(path)    # sizes and pickled code, before anything is created
 
 
 def check_repa_grid(cfg, shards: LatentShards) -> None:
@@ -71,3 +73,4 @@ def check_tokenizer_training_inputs(cfg) -> None:
                 raise FileNotFoundError(f"{key} checkpoint not found: {value}")
             if Path(value).suffix != ".safetensors":
                 require_torch_file(value)
+                check_torch_file(value)

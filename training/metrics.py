@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from configs.schema import REPORT_TO
-from utils.fileio import atomic_write, atomic_write_text
+from utils.fileio import append_text, atomic_write, atomic_write_text, refuse_symlink
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class MetricsSink:
         use_tensorboard, use_wandb = trackers(report_to)  # every rank: fail together, early
         if not enabled:
             return
+        refuse_symlink(self.path)
         if self.path.is_file():
             rows = [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
             self.history = [r for r in rows if r.get("step", 0) <= start_step]
@@ -83,8 +84,7 @@ class MetricsSink:
         if not self.enabled:
             return
         self.history.append(row)
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_text(self.path, json.dumps(row) + "\n")
         scalars = {self.tags.get(k, k): v for k, v in row.items() if k not in ("step", "epoch")
                    and isinstance(v, (int, float)) and not isinstance(v, bool)}
         if self.writer is not None:

@@ -23,26 +23,34 @@ import json
 import logging
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from configs.schema import COMPAT_KEYS as DIT_COMPAT_KEYS
 from training.checkpoints import list_checkpoints
+from utils.fileio import usual_mode
 
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".run.lock"
 
 # Keys a resume may change without changing what is trained (schedules of logging, checkpoints,
-# validation and sampling; locations; speed-only switches). Every other key changes the run.
+# validation and sampling; locations; speed-only switches), plus the schema's COMPAT_KEYS (accepted
+# and never read). Every other key changes the run.
 DIT_FREE_KEYS = (
     "train.resume", "train.overwrite", "train.allow_config_change", "train.max_steps",
     "train.log_every", "train.ckpt_every", "train.keep_last_n", "train.valid_every",
-    "train.num_valid_batches", "train.output_dir", "train.exp_name", "train.ckpt", "train.use_checkpoint",
+    "train.num_valid_batches", "train.output_dir", "train.exp_name",
     "train.eval*", "train.micro_batch_size", "train.report_to", "train.spike_factor",
     "data.num_workers", "data.valid_path", "data.fid_reference_file", "model.compile",
     "ckpt_path", "vae.*", "sample.*",
-)
+) + tuple(DIT_COMPAT_KEYS)
+# The tokenizer trainer's list repeats its schema's COMPAT_KEYS (tokenizer/train_config.py) by hand:
+# importing that schema here would load the loss modules (LPIPS) into every command that locks a
+# directory. All of them are listed except `model.params.lossconfig.params.pixelloss_weight`, which
+# a resume has always compared (tests/reliability/test_reliability_leftovers.py keeps the two in step).
 TOKENIZER_FREE_KEYS = (
     "train.resume", "train.resume_from", "train.overwrite", "train.allow_config_change",
     "train.max_steps", "train.log_every", "train.sample_every", "train.num_sample_images",
@@ -170,8 +178,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 class RunLock:
-    """`{directory}/.run.lock`: created atomically (hard link of a complete temp file), holding
-    {pid, host, started}; released by `release()` and at interpreter exit."""
+    """`{directory}/.run.lock`: created atomically (hard link of a complete temp file with an
+    unpredictable name), holding {pid, host, started}; released by `release()` and at interpreter
+    exit. A symbolic link at the lock path is refused (another user may have planted it)."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
@@ -188,10 +197,16 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         self.directory.mkdir(parents=True, exist_ok=True)
+        if self.path.is_symlink():
+            raise RunDirError(f"{self.path} is a symbolic link; refusing to use it as this run's lock "
+                              "(remove it if you made it)")
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        tmp = self.directory / f".run.lock.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(me) + "\n")
+        fd, name = tempfile.mkstemp(prefix=".run.lock.", suffix=".tmp", dir=self.directory)
+        tmp = Path(name)
+        os.fchmod(fd, usual_mode(0o644))   # mkstemp makes it private; other runs read the owner
+        with os.fdopen(fd, "w") as f:       # created exclusively: never written through a planted link
+            f.write(json.dumps(me) + "\n")
         try:
             for _ in range(3):
                 try:

@@ -4,12 +4,18 @@ Each writer writes to a temporary file in the destination directory, flushes it 
 renames it over the destination (`os.replace` is atomic on POSIX and Windows). A full disk or an
 unwritable destination raises `WriteError` with a one-line message naming the destination ("no
 space left on device while writing PATH", "cannot write PATH: ..."); the previous file stays.
+
+Temporary names are unpredictable (`tempfile.mkstemp`, created exclusively), so another user of a
+shared directory cannot plant a link where a temporary file will be written. Files that grow
+(`log.txt`, `metrics.jsonl`) are opened by `open_append`, which refuses a symbolic link at the
+path instead of following it.
 """
 from __future__ import annotations
 
 import errno
 import json
 import os
+import secrets
 import tempfile
 import zipfile
 from contextlib import contextmanager
@@ -19,6 +25,13 @@ from typing import Any, Callable, Iterator, Union
 PathLike = Union[str, os.PathLike]
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+
+
+def usual_mode(mode: int = 0o666) -> int:
+    """`mode` less the process umask: the permissions `open()` would give a new file."""
+    return mode & ~_UMASK
 
 
 _NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))
@@ -57,7 +70,7 @@ def atomic_path(path: PathLike) -> Iterator[str]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the file the usual permissions
+        os.chmod(tmp, usual_mode())  # mkstemp creates 0600; give the file the usual permissions
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -70,6 +83,68 @@ def atomic_path(path: PathLike) -> Iterator[str]:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
+
+
+@contextmanager
+def named_write_errors(path: PathLike) -> Iterator[None]:
+    """Re-raise a disk-full or permission OSError of the block as a WriteError naming `path`."""
+    try:
+        yield
+    except OSError as err:
+        mapped = write_error(err, path)
+        if mapped is err:
+            raise
+        raise mapped from err
+
+
+def atomic_symlink(target: str, link: PathLike) -> None:
+    """Point the symbolic link `link` at `target` (e.g. `last.pt` -> `0000100.pt`), atomically: a
+    link under an unpredictable temporary name is renamed over `link`."""
+    link = Path(link)
+    with named_write_errors(link):
+        for _ in range(100):
+            tmp = link.parent / f".{link.name}.{secrets.token_hex(8)}.tmp"
+            try:
+                os.symlink(target, tmp)
+                break
+            except FileExistsError:
+                continue
+        else:
+            raise WriteError(errno.EEXIST, f"cannot create a temporary link next to {link}")
+        try:
+            os.replace(tmp, link)
+        except OSError:
+            os.unlink(tmp)
+            raise
+
+
+def refuse_symlink(path: PathLike) -> None:
+    """WriteError when `path` is a symbolic link (see `open_append`)."""
+    if os.path.islink(path):
+        raise WriteError(errno.ELOOP, f"refusing to write {path}: it is a symbolic link "
+                                      "(remove it; logs are never written through links)")
+
+
+def open_append(path: PathLike, mode: int = 0o666):
+    """`open(path, "a")` that refuses a symbolic link at `path` (another user could plant one to
+    make this process append to a file of theirs or overwrite one of yours); WriteError names the
+    path. New files get `mode` less the umask."""
+    refuse_symlink(path)
+    with named_write_errors(path):
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_CLOEXEC", 0), mode)
+        except OSError:
+            refuse_symlink(path)     # planted between the check and the open: O_NOFOLLOW refused it
+            raise
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
+def append_text(path: PathLike, text: str) -> None:
+    """Append `text` to `path` (created if missing) through `open_append`; a full disk or a
+    permission problem is a WriteError naming the path."""
+    with named_write_errors(path), open_append(path) as f:
+        f.write(text)
 
 
 def atomic_write(path: PathLike, write: Callable[[str], Any]) -> None:

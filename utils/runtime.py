@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from utils.fileio import open_append
 from utils.seeding import rank_seed, seed_everything
 
 LOG_FORMAT = "[%(asctime)s] %(message)s"
@@ -35,6 +36,13 @@ class Runtime:
         return self.rank == 0
 
 
+class _AppendFileHandler(logging.FileHandler):
+    """`logging.FileHandler` that refuses a symbolic link at its path (`utils.fileio.open_append`)."""
+
+    def _open(self):
+        return open_append(self.baseFilename)
+
+
 def configure_logging(is_main: bool, log_file: Optional[Path] = None) -> None:
     """Root logging for an entry script: INFO on rank 0 (console + file), WARNING elsewhere."""
     root = logging.getLogger()
@@ -47,7 +55,7 @@ def configure_logging(is_main: bool, log_file: Optional[Path] = None) -> None:
     root.addHandler(console)
     if is_main and log_file is not None:
         log_file.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = logging.FileHandler(log_file)
+        file_handler = _AppendFileHandler(log_file)
         file_handler.setFormatter(formatter)
         root.addHandler(file_handler)
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO, TINY_CONFIG
 
 FILTER = str(REPO / "tools/launch_errors.py")
-ERROR = "error: override 'train.max_steps=-1': bad value for 'train.max_steps': -1 (must be >= 0)\n"
+ERROR = "error: override 'train.max_steps=-1': bad value for 'train.max_steps': -1 (must be in [0, 1000000000])\n"
 ACCELERATE_TRACEBACK = (
     "Traceback (most recent call last):\n"
     '  File "/venv/bin/accelerate", line 6, in <module>\n'

@@ -44,8 +44,9 @@ def test_round_trip_is_exact(tmp_path, fmt):
     assert_same_weights(src, dst)
 
 
-def test_lightning_checkpoint_ignores_training_entries(tmp_path, caplog):
-    """A full Lightning file (pickled non-tensor objects) with loss/foundation_model/linear_proj."""
+def test_lightning_checkpoint_ignores_training_entries(tmp_path, caplog, monkeypatch):
+    """A full Lightning file (pickled non-tensor objects) with loss/foundation_model/linear_proj:
+    refused until the user lists it in $LIGHTNINGDIT_TRUSTED_PICKLES, then loaded."""
     src, dst = tiny(0), tiny(1)
     sd = dict(src.state_dict())
     sd["loss.logvar"] = torch.zeros(())
@@ -54,7 +55,10 @@ def test_lightning_checkpoint_ignores_training_entries(tmp_path, caplog):
     sd["linear_proj.weight"] = torch.zeros(1024, 4, 1, 1)
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": sd, "hyper_parameters": argparse.Namespace(lr=1e-4)}, path)
-    with caplog.at_level(logging.INFO, logger="tokenizer.checkpoint"):
+    with pytest.raises(ValueError, match=r"imports argparse\.Namespace.*LIGHTNINGDIT_TRUSTED_PICKLES="):
+        load_autoencoder_weights(dst, path)
+    monkeypatch.setenv("LIGHTNINGDIT_TRUSTED_PICKLES", f"/elsewhere/x.ckpt:{path}")
+    with caplog.at_level(logging.INFO):
         report = load_autoencoder_weights(dst, path)
     assert report == {"loaded": len(sd) - 4, "ignored": 4}
     assert_same_weights(src, dst)

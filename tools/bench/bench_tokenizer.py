@@ -20,6 +20,7 @@ from omegaconf import OmegaConf
 
 
 from tokenizer.autoencoder import AttnBlock, AutoencoderKL
+from utils.safe_yaml import load_yaml
 from tools.bench.common import sync as sync_device
 
 
@@ -72,7 +73,7 @@ def main() -> None:
     args = p.parse_args()
 
     device = torch.device(args.device)
-    cfg = OmegaConf.load(args.config).model.params
+    cfg = load_yaml(args.config).model.params
     torch.manual_seed(0)
     model = AutoencoderKL(OmegaConf.to_container(cfg.ddconfig), int(cfg.embed_dim)).to(device).eval()
     x = torch.rand(args.batch_size, 3, args.image_size, args.image_size, device=device) * 2 - 1
