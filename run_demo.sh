@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The main job: the whole system end to end on the built-in toy dataset, on CPU, in ~10 minutes.
+# The main job: the whole system end to end on the built-in toy dataset, on CPU (time: README).
 #
 #   bash run_demo.sh                 # full demo (2-core CPU: see README for the measured time)
-#   DEMO_SMOKE=1 bash run_demo.sh    # the same pipeline at tiny sizes (~2 min; run by the tests)
+#   DEMO_SMOKE=1 bash run_demo.sh    # the same pipeline at tiny sizes (run by the tests)
 #
 # Stages, each a call of the real scripts with a config under configs/demo/:
 #   1 toy ImageFolder (datasets/toy.py)          5 guided class-conditional grid (run_fast_inference.sh)
