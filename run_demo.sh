@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The main job: the whole system end to end on the built-in toy dataset, on CPU, in ~10 minutes.
+# The main job: the whole system end to end on the built-in toy dataset, on CPU (time: README).
 #
-#   bash run_demo.sh                 # full demo (2-core CPU: see README for the measured time)
-#   DEMO_SMOKE=1 bash run_demo.sh    # the same pipeline at tiny sizes (~2 min; run by the tests)
+#   bash run_demo.sh                 # full demo (its measured time: README, "The demo")
+#   DEMO_SMOKE=1 bash run_demo.sh    # the same pipeline at tiny sizes (run by the tests)
 #
 # Stages, each a call of the real scripts with a config under configs/demo/:
 #   1 toy ImageFolder (datasets/toy.py)          5 guided class-conditional grid (run_fast_inference.sh)
@@ -13,7 +13,7 @@
 #                                                   toy-classifier accuracy of samples, FID if weights given
 #                                                 8 summary table + demo_output/summary.json
 # Optional weights (the demo downloads nothing; `python tools/fetch_weights.py dinov2-vitl14
-# inception-fid vgg16-lpips` fetches them, see README "Weights"):
+# inception-fid vgg16-lpips` fetches them, see docs/weights.md):
 #   DINOV2_WEIGHTS=/path/dinov2.safetensors  -> the tokenizer trains with the VF (DINOv2) loss
 #   ADM_INCEPTION_WEIGHTS=/path/pt_inception-2015-12-05-6726825d.pth -> FID of the samples
 #   LPIPS_VGG_WEIGHTS=/path/vgg16-397923af.pth -> LPIPS in the tokenizer evaluation
@@ -55,7 +55,7 @@ stage_end
 
 stage_start tokenizer
 # lr 1e-3 until TOK_DECAY, then a cosine decay to 0 at the last step (configs/demo/tokenizer.yaml): a
-# short run that ends at a high constant LR leaves a colour fringe at shape edges (README)
+# short run that ends at a high constant LR leaves a colour fringe at shape edges (docs/demo.md)
 TOK_ARGS=(train.output_dir="$OUT" train.max_steps="$TOK_STEPS" train.val_every="$TOK_EVERY" train.log_every="$LOG_EVERY"
           train.sample_every="$TOK_EVERY" train.ckpt_every="$TOK_EVERY"
           train.lr_schedule.decay_start="$TOK_DECAY" train.lr_schedule.total_steps="$TOK_STEPS"

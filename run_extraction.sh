@@ -4,7 +4,7 @@
 #       --output-path output/vavae_f16d32/imagenet_train_256 \
 #       --tokenizer-config configs/tokenizer/vavae_f16d32.yaml
 # Re-running the same command resumes an interrupted extraction.
-# Process count: GPUS_PER_NODE, WORLD_SIZE, RANK, MASTER_ADDR, MASTER_PORT (tools/launch.sh).
+# Process count: GPUS_PER_NODE, NNODES, NODE_RANK, MASTER_ADDR, MASTER_PORT (tools/launch.sh).
 set -euo pipefail
 source "$(dirname "$0")/tools/launch.sh"
 launch extract_features.py "$@"

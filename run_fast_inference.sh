@@ -4,4 +4,4 @@
 # -> demo_images/demo_samples.png.   bash run_fast_inference.sh CONFIG [key=value ...] [--demo-out PNG]
 set -euo pipefail
 source "$(dirname "$0")/tools/launch.sh"
-GPUS_PER_NODE=1 WORLD_SIZE=1 launch "inference.py" "$@" --demo
+GPUS_PER_NODE=1 NNODES=1 NODE_RANK=0 launch "inference.py" "$@" --demo

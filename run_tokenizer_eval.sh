@@ -4,7 +4,7 @@
 #   bash run_tokenizer_eval.sh --config configs/tokenizer/vavae_f16d32.yaml \
 #       --data-path /data/imagenet/val --inception-weights pt_inception-2015-12-05-6726825d.pth \
 #       --lpips-vgg-weights vgg16-397923af.pth
-# Process count and precision: GPUS_PER_NODE, WORLD_SIZE, ... as documented in tools/launch.sh.
+# Process count and precision: GPUS_PER_NODE, NNODES, ... as documented in tools/launch.sh.
 set -euo pipefail
 source "$(dirname "$0")/tools/launch.sh"
 launch "tools/evaluate_tokenizer.py" "$@"

@@ -22,6 +22,15 @@ next to the weights, so that `vae.config_path=` / `--tokenizer-config` names it.
 
 Offline (`--offline` or HF_HUB_OFFLINE=1), nothing is downloaded: each missing file is named with
 where to get it. Exit status 1 when a requested file is missing or fails its check.
+
+The released ImageNet latents are one tar.gz cut into parts (`split_aa`, `split_ab`, ...; the Hub
+dataset hustvl/imagenet256-latents-vave-f16d32-dinov2, folder `splits/`). `--extract PARTS OUT`
+reads the parts in name order as one stream and unpacks it into OUT (no merged copy on disk; only
+plain files and folders, each inside OUT), then prints the `data.data_path=` override:
+
+    hf download hustvl/imagenet256-latents-vave-f16d32-dinov2 --repo-type dataset \
+        --include 'splits/*' --local-dir /data/latent_parts
+    python tools/fetch_weights.py --extract /data/latent_parts/splits /data/vavae_latents
 """
 from __future__ import annotations
 
@@ -32,8 +41,10 @@ import os
 import re
 import shutil
 import sys
+import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -138,7 +149,7 @@ REGISTRY: Tuple[Entry, ...] = (
                 "hustvl/vavae-imagenet256-f16d32-dinov2", "latents_stats.pt", 1790),),
           "MIT", ("data.data_path={dir}",),
           note="enough for sampling; training needs the latent shards "
-               f"({HUB}/datasets/hustvl/imagenet256-latents-vave-f16d32-dinov2, split tar files)"),
+               f"({HUB}/datasets/hustvl/imagenet256-latents-vave-f16d32-dinov2, split tar parts: --extract)"),
     _sdvae("ft-ema"),
     _sdvae("ft-mse"),
     _foundation("dinov2-vitl14", "dinov2", "DINOv2 ViT-L/14 (VF loss of VA-VAE training)", "Apache-2.0", 1220 * MB),
@@ -321,6 +332,120 @@ def fetch_url(src: Source, dest: Path, timeout: float = 60.0) -> str:
 
 
 #################################################################################
+#                        Split archives (the released latents)                  #
+#################################################################################
+
+class PartsReader:
+    """The parts of a split file read as one stream, in the given order (never joined on disk)."""
+
+    def __init__(self, parts: Sequence[Path]):
+        self.parts = list(parts)
+        self.index = 0
+        self.current = None
+
+    def read(self, size: int = -1) -> bytes:
+        out = []
+        while size != 0 and self.index < len(self.parts):
+            if self.current is None:
+                self.current = open(self.parts[self.index], "rb")
+            chunk = self.current.read(size)
+            if chunk:
+                out.append(chunk)
+                size = size - len(chunk) if size > 0 else size
+                continue
+            self.current.close()
+            self.current, self.index = None, self.index + 1
+        return b"".join(out)
+
+    def close(self) -> None:
+        if self.current is not None:
+            self.current.close()
+
+
+def split_parts(folder: Path) -> List[Path]:
+    """The `split_*` parts of `folder` in name order (split's suffixes aa, ab, ... sort as written)."""
+    parts = sorted(p for p in folder.glob("split_*") if p.is_file())
+    if not parts:
+        raise FetchError(f"no split_* parts in {folder} (download them first: README, Released weights)")
+    return parts
+
+
+def _member_target(out: Path, member: tarfile.TarInfo) -> Optional[Path]:
+    """Where a member goes under `out`: None for what is not a plain file or folder; FetchError for a
+    name that would leave `out` (absolute, `..`)."""
+    name = Path(member.name)
+    if name.is_absolute() or ".." in name.parts:
+        raise FetchError(f"refusing archive member {member.name!r}: it would be written outside {out}")
+    if not (member.isfile() or member.isdir()):
+        return None
+    return out / name
+
+
+def extract_parts(parts: Sequence[Path], out: Path) -> Path:
+    """Unpack the tar (optionally gzip/bz2/xz) that `parts` make up, in order, into `out`; returns the
+    folder holding the latent shards (`*.safetensors`). It is written to `out.partial` first and
+    renamed when complete, so `out` never holds half an archive; an `out` that exists is refused."""
+    if out.exists():
+        raise FetchError(f"{out} already exists: remove it, or pass another folder")
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():                            # left by an interrupted run
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    reader = PartsReader(parts)
+    skipped = []
+    try:
+        with tarfile.open(fileobj=reader, mode="r|*") as tar:
+            for member in tar:
+                target = _member_target(tmp, member)
+                if target is None:
+                    skipped.append(member.name)
+                elif member.isdir():
+                    target.mkdir(parents=True, exist_ok=True)
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with tar.extractfile(member) as src, open(target, "wb") as dst:
+                        shutil.copyfileobj(src, dst, CHUNK)
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FetchError(f"cannot unpack the {len(parts)} parts {parts[0].name} .. {parts[-1].name} "
+                         f"({str(err) or type(err).__name__}): a part is missing, incomplete or out of order") from None
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise FetchError(f"cannot unpack into {out}: {err.strerror or err} ({err.filename or tmp})") from None
+    except FetchError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        reader.close()
+    if skipped:
+        print(f"skipped {len(skipped)} archive members that are not plain files or folders "
+              f"(e.g. {skipped[0]})", file=sys.stderr)
+    os.replace(tmp, out)
+    folders = sorted({p.parent for p in out.rglob("*.safetensors")}, key=lambda d: (len(d.parts), str(d)))
+    if not folders:
+        raise FetchError(f"the archive unpacked into {out} holds no *.safetensors latent shards")
+    return folders[0]
+
+
+def extract_command(parts_dir: Path, out: Path) -> int:
+    """`--extract PARTS OUT`: unpack, then print where the shards are and the override naming them."""
+    try:
+        folder = extract_parts(split_parts(parts_dir), out)
+    except FetchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    for other in sorted({p.parent for p in out.rglob("*.safetensors")} - {folder}):
+        print(f"latents: note: more shards in {other}", file=sys.stderr)
+    shards = len(list(folder.glob("*.safetensors")))
+    print(f"latents: {folder} ({shards} shards)")
+    if not (folder / "latents_stats.pt").is_file():
+        print(f"latents: note: no latents_stats.pt beside the shards; fetch latents-stats-vavae-f16d32 into "
+              f"{folder}, or run `python extract_features.py --output-path {folder} --stats-only`")
+    print(f"latents: use  data.data_path={folder}")
+    return 0
+
+
+#################################################################################
 #                                   Commands                                    #
 #################################################################################
 
@@ -421,7 +546,11 @@ def main(argv: Optional[Iterable[str]] = None) -> int:
     p.add_argument("--root", type=Path, default=Path("."),
                    help="folder the files go under, at the paths the configs name (default: .)")
     p.add_argument("--offline", action="store_true", help="download nothing; report what is missing")
+    p.add_argument("--extract", nargs=2, type=Path, metavar=("PARTS", "OUT"),
+                   help="unpack the split_* parts in folder PARTS (the released latents) into OUT")
     args = p.parse_args(None if argv is None else list(argv))
+    if args.extract:
+        return extract_command(*(path.resolve() for path in args.extract))
     root = args.root.resolve()
     if args.list or not args.names:
         list_registry(root)

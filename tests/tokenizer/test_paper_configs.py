@@ -100,8 +100,11 @@ def test_other_authors_files_keep_loading():
     for path in sorted((AUTHORS / "dit").glob("*.yaml")):
         cfg = load_config(str(path))
         mine = ours.get(path.name, REPRO / path.name)
-        # the same but for the placeholder data path
-        assert cfg == load_config(str(mine), [f"data.data_path={cfg.data.data_path}"]), path.name
+        # the same but for the placeholder data path and the run name (ours: the config stem, so that
+        # the two Table 3 runs do not share the main config's output folder)
+        assert mine.stem == load_config(str(mine)).train.exp_name or mine.parent != REPRO, path.name
+        assert cfg == load_config(str(mine), [f"data.data_path={cfg.data.data_path}",
+                                              f"train.exp_name={cfg.train.exp_name}"]), path.name
     # tokenizer inference YAMLs: the VA_VAE reader, and the training schema (epochs given)
     for name in ("vavae_f16d32.yaml", "vavae_experimentals.yaml"):
         raw = load_tokenizer_config(AUTHORS / name)
