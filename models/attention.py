@@ -17,7 +17,7 @@ subtraction, so the logits that matter (q.k - m near 0) keep float32-level preci
 pass uses the same trick for dP - D, with D = rowsum(dO * O) split into two bf16 parts
 (hi + lo) so that it enters the contraction with ~16 significant bits. Errors against float32
 attention are within ~1.5x of torch's flash kernel at every logit scale (tests/models/
-test_attention.py); its speed against that kernel is in the README's benchmark table.
+test_attention.py); its speed against that kernel is in docs/benchmarks.md.
 
 RoPE on q and k is fused into the same kernel: the rotation is computed in float32 (as the
 reference's x*cos + rotate_half(x)*sin under autocast) and rounded to bf16 directly into the

@@ -59,7 +59,7 @@ COMPAT_KEYS: Dict[str, str] = {
     "data.params.wrap": "an epoch is one pass over data.params.train",
     "lightning.trainer.accelerator": "tools/launch.sh picks the device",
     "lightning.trainer.devices": "tools/launch.sh sets the processes per node from GPUS_PER_NODE",
-    "lightning.trainer.num_nodes": "tools/launch.sh sets the node count from WORLD_SIZE",
+    "lightning.trainer.num_nodes": "tools/launch.sh sets the node count from NNODES (or an unambiguous WORLD_SIZE)",
     "lightning.trainer.strategy": "accelerate always runs DDP",
 }
 

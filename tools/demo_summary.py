@@ -34,7 +34,7 @@ def _read_jsonl(path: Path) -> List[dict]:
 def tokenizer_summary(out: Path) -> Dict:
     """First/last training reconstruction loss, the last LR, the evaluation metrics of the demo
     tokenizer and, when measured, its blue excess (B - Y, 8-bit levels) just outside each side of the
-    shapes (the colour fringe a short run at a high constant LR leaves; docs in the README)."""
+    shapes (the colour fringe a short run at a high constant LR leaves; docs/demo.md)."""
     records = _read_jsonl(out / "tokenizer" / "metrics.jsonl")
     train = [r for r in records if "train/rec_loss" in r]
     summary = {"steps": train[-1]["step"], "train_rec_loss_first": train[0]["train/rec_loss"],

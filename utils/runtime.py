@@ -69,7 +69,7 @@ def tune_cpu_allocator(mmap_threshold: int = 32 << 20, trim_threshold: int = 1 <
 
     By default glibc serves blocks over a dynamic threshold (128 KiB rising to 32 MiB) with fresh
     mmap pages and unmaps them on free, so activations of a CPU training step are page-faulted in
-    anew, a measurable share of a small model's step (see the README's hardware notes).
+    anew, a measurable share of a small model's step (see docs/benchmarks.md).
     Fixing the mmap threshold at its maximum and raising the trim threshold makes the allocator
     reuse that memory (the process keeps its peak RSS instead). Returns True when applied; a no-op
     on other C libraries or with LIGHTNINGDIT_KEEP_MALLOC=1."""
