@@ -193,6 +193,9 @@ class SampleConfig:
     balanced_sampling: bool = False
     autoguidance: bool = False                   # SFD: guide with a weaker network (cfg_scale > 1)
     autoguidance_config: Optional[str] = None    # SFD: the guide's YAML (its ckpt_path and model)
+    # SFD's --autoguidance_ckpt_iter (AUTOGUIDANCE_CKPT_ITER): the guide checkpoint of iteration K
+    # thousand, {K*1000:07d}.pt in the folder of the guide YAML's ckpt_path (None: that ckpt_path)
+    autoguidance_ckpt_iter: Optional[int] = None
     cfg_scale_sem: Optional[float] = None        # SFD: per-part guidance scales (None: cfg_scale)
     cfg_scale_tex: Optional[float] = None
 
@@ -306,6 +309,7 @@ _RANGES = {
     "model.semantic_chans": NON_NEGATIVE, "model.semfirst_delta_t": Range(0.0, 1.0, high_open=True),
     "model.semantic_weight": NON_NEGATIVE, "model.repa_feat_depth": POSITIVE, "model.repa_weight": NON_NEGATIVE,
     "sample.cfg_scale_sem": NON_NEGATIVE, "sample.cfg_scale_tex": NON_NEGATIVE,
+    "sample.autoguidance_ckpt_iter": POSITIVE,
 }
 
 
