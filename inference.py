@@ -44,7 +44,6 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
-
 from omegaconf import OmegaConf
 
 from configs.schema import parse_cli

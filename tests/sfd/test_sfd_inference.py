@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -173,11 +172,18 @@ def test_sfd_demo_grid(in_released, tmp_path, capsys):
 
 
 def test_guide_equal_to_the_main_network_gives_the_unguided_images(in_released, ag_run):
-    """AutoGuidance with w: main + w (main - main) = main, bit for bit on every channel."""
+    """AutoGuidance with w: main + w (main - main) = main, bit for bit on every channel. The path
+    overrides (ckpt_path, data.data_path, vae.config_path in the authors' spelling) name the same
+    files, so they give the same images."""
     plain = inference.main([str(XL / "inference_4m.yaml"), *RUN])
     same = inference.main([AG, *RUN, "sample.cfg_scale=1.5", "sample.autoguidance_config=configs/sfd/lightningdit_xl/inference_4m.yaml",
                            "train.exp_name=same"])
     assert pngs(same) == pngs(plain) != pngs(ag_run)
+    root = in_released["root"]
+    moved = inference.main([str(XL / "inference_4m.yaml"), *RUN, f"ckpt_path={root}/outputs/train/sfd_xl/checkpoints/4000000.pt",
+                            f"data.data_path={in_released['latents']}", "vae.config_path=tokenizer/configs/sdvae_f16d32.yaml",
+                            "train.exp_name=moved"])
+    assert pngs(moved) == pngs(plain)
 
 
 def launch(script: str, args, env=None, cwd=None):
