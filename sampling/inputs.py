@@ -75,8 +75,7 @@ def check_sampling_inputs(cfg, *, tokenizer_weights: bool = True) -> None:
         need(check_checkpoint, guide.ckpt_path, "guide checkpoint",
              f"ckpt_path of sample.autoguidance_config {cfg.sample.autoguidance_config}"
              + (f"; {SFD_CHECKPOINTS_HINT}" if sfd else ""))
-    if tokenizer_weights:
-        need(check_tokenizer_weights, tok)
+    need(check_tokenizer_weights, tok, not tokenizer_weights)
     try:
         normalizer_from_config(cfg)
     except FileNotFoundError as err:

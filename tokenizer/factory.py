@@ -89,10 +89,13 @@ def load_tokenizer(config_path: str | os.PathLike, **kwargs: Any) -> VA_VAE:
     return build_tokenizer(tokenizer_type(config_path), config_path, **kwargs)
 
 
-def check_tokenizer_weights(config_path: str | os.PathLike) -> None:
+def check_tokenizer_weights(config_path: str | os.PathLike, random_init: bool = False) -> None:
     """The door check of a tokenizer YAML's weights before anything heavy starts: `ckpt_path` set
     (ValueError) and present (FileNotFoundError naming the file and where the released one comes
-    from). A relative `ckpt_path` is relative to the working directory, as the loader reads it."""
+    from). A relative `ckpt_path` is relative to the working directory, as the loader reads it.
+    Nothing to check with `random_init`."""
+    if random_init:
+        return
     path = os.fspath(config_path)
     wrapper = TOKENIZERS[tokenizer_type(path)]
     ckpt = OmegaConf.load(path).get("ckpt_path", None)

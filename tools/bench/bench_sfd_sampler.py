@@ -60,10 +60,10 @@ def train(args, data: Path):
     cfg = config(args)
     dataset = ImgLatentDataset(data, latent_norm=True, latent_sv_norm=True, semantic_chans=16)
     g = torch.Generator().manual_seed(args.seed)
+    torch.manual_seed(args.seed)        # the dataset's flips, the init and the label dropout: one run = one model
     items = [dataset[i] for i in range(len(dataset))]
     x_all = torch.stack([x for x, _, _ in items])
     y_all = torch.stack([y for _, y, _ in items])
-    torch.manual_seed(args.seed)
     model = build_model(cfg, training=True)
     ema = copy.deepcopy(model).requires_grad_(False)
     transport = build_transport(cfg)
@@ -126,7 +126,7 @@ def main(argv=None):
     p.add_argument("--grid", type=int, default=4, help="latent grid (4: 16 tokens of 48 channels)")
     p.add_argument("--items", type=int, default=1024, help="toy latents to train on")
     p.add_argument("--batch", type=int, default=16, help="images per sampler run")
-    p.add_argument("--steps", type=int, nargs="+", default=[5, 9, 17, 33, 65], help="grid points of the fixed grids")
+    p.add_argument("--steps", type=int, nargs="+", default=[5, 9, 13, 17, 33, 65], help="grid points of the fixed grids")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0, 1.5], help="1: unguided; >1: AutoGuidance")
     p.add_argument("--reference-tol", type=float, default=1e-9)
     p.add_argument("--check-steps", type=int, default=2001, help="grid points of the float64 heun2_phase check")
