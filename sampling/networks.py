@@ -29,11 +29,11 @@ from models.kernels import select_kernels
 
 SIZE_KEYS = ("model.hidden_size", "model.depth", "model.num_heads", "model.patch_size",
              "data.image_size", "vae.downsample_ratio")
+SHARED_KEYS = ("model.in_chans", "model.semantic_chans", "model.semfirst_delta_t", "model.learn_sigma",
+               "data.num_classes", "transport.objective", "transport.path_type", "transport.prediction")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # SFD's checkpoint names, {step:07d}.pt: the step that sample.autoguidance_ckpt_iter replaces.
 _CKPT_STEP = re.compile(r"(?<=/)\d+(?=\.pt$)")
-SHARED_KEYS = ("model.in_chans", "model.semantic_chans", "model.semfirst_delta_t", "model.learn_sigma",
-               "data.num_classes", "transport.objective", "transport.path_type", "transport.prediction")
 
 
 def load_network(cfg, device: torch.device) -> torch.nn.Module:
