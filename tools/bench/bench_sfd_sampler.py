@@ -58,7 +58,8 @@ def config(args, *extra: str):
 def train(args, data: Path):
     """(EMA model, early EMA model as the guide, seconds, final loss) after args.train_steps steps."""
     cfg = config(args)
-    dataset = ImgLatentDataset(data, latent_norm=True, latent_sv_norm=True, semantic_chans=16)
+    dataset = ImgLatentDataset(data, cfg.data.latent_norm, cfg.data.latent_multiplier, latent_sv_norm=cfg.data.latent_sv_norm,
+                               semantic_chans=cfg.model.semantic_chans)
     g = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)        # the dataset's flips, the init and the label dropout: one run = one model
     items = [dataset[i] for i in range(len(dataset))]
