@@ -51,7 +51,8 @@ def test_every_train_yaml_trains_with_repa_targets(in_released, path):
 
 @pytest.mark.parametrize("path", INFERENCE_YAMLS, ids=rel)
 def test_every_inference_yaml_samples(in_released, path):
-    folder = inference.main([str(path), *TINY, *SAMPLE_RUN, *guided(path)])
+    name = f"run_{path.parent.name}_{path.stem}"   # the session's layout is shared with test_sfd_inference.py
+    folder = inference.main([str(path), *TINY, *SAMPLE_RUN, *guided(path), f"train.exp_name={name}"])
     npz = np.load(f"{folder}.npz")
     assert npz["arr_0"].shape == (1, 64, 64, 3)
     proto = json.loads((folder / "protocol.json").read_text())
@@ -67,7 +68,7 @@ def test_a_trained_guide_samples(in_released):
     guide_yaml.write_text((SFD_CONFIGS / "autoguidance_b/inference.yaml").read_text().replace(
         "outputs/train/sfd_autoguidance_b/checkpoints/0070000.pt", str(exp / "checkpoints/0000002.pt")))
     folder = inference.main([str(SFD_CONFIGS / "lightningdit_xl/inference_4m_autoguidance.yaml"), *TINY, *SAMPLE_RUN,
-                             "sample.cfg_scale=1.5", f"sample.autoguidance_config={guide_yaml}"])
+                             "sample.cfg_scale=1.5", f"sample.autoguidance_config={guide_yaml}", "train.exp_name=trained"])
     proto = json.loads((folder / "protocol.json").read_text())
     assert proto["guide_ckpt_path"] == os.path.abspath(exp / "checkpoints/0000002.pt") and folder.name.endswith("-ag0000002-balanced")
 
