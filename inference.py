@@ -27,7 +27,13 @@ the batch loop (sampling/loop.py) are library code shared with evaluation during
 
 Demo mode (`--demo`): rank 0 samples the reference's classes [975, 3, 207, 387, 388, 88, 979, 279]
 with the reference's overrides (cfg 9.0, no interval, no shift; logged, not silent) into a 2x4
-grid, `demo_images/demo_samples.png` by default (`--demo-out`).
+grid, `demo_images/demo_samples.png` by default (`--demo-out`). An SFD config (model.semantic_chans
+> 0) gets SFD's demo instead: classes [106, 22, 279, 975, 388, 15, 36, 979], w 1.5 on both parts
+(AutoGuidance when the YAML turns it on, else CFG), no interval, no shift (docs/sfd.md).
+
+SFD (docs/sfd.md): its YAMLs run unchanged; the 48-channel noise comes from the same per-image
+rule, the guide of `sample.autoguidance_config` (checkpoint `sample.autoguidance_ckpt_iter`) guides
+with `sample.cfg_scale` > 1, and only the texture channels are de-normalised and decoded.
 """
 from __future__ import annotations
 
@@ -38,11 +44,12 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 
 from configs.schema import parse_cli
 from datasets.order import STREAM_DEMO, sample_noise
 from models.build import latent_size
-from sampling.inputs import check_sampling_inputs
+from sampling.inputs import check_sampling_inputs, is_sfd
 from sampling.loop import precision_context, sample_fid_folder, save_png
 from sampling.networks import autoguidance_active, guide_config, load_guide, load_model
 from sampling.pipeline import Decoder, LatentSampler
@@ -59,6 +66,10 @@ logger = logging.getLogger("inference")
 DEMO_LABELS = (975, 3, 207, 387, 388, 88, 979, 279)
 # Demo overrides of the reference (docs/reference_behaviour.md §7.1): cfg 9.0, no interval, no shift.
 DEMO_CFG_SCALE, DEMO_INTERVAL_START, DEMO_SHIFT = 9.0, 0.0, 0.0
+# SFD's demo (docs/reference_behaviour.md §12.4.5): its classes, w 1.5 (per-part
+# scales unset), no interval, no shift.
+SFD_DEMO_LABELS = (106, 22, 279, 975, 388, 15, 36, 979)
+SFD_DEMO_CFG_SCALE = 1.5
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -80,11 +91,29 @@ def add_args(parser: argparse.ArgumentParser) -> None:
 #                                   Demo grid                                   #
 #################################################################################
 
-def demo_labels(num_classes: int) -> Tuple[List[int], bool]:
-    """The reference's 8 demo classes; with fewer than 1000 classes each is taken modulo
-    num_classes. Returns (labels, remapped)."""
-    labels = [c % num_classes for c in DEMO_LABELS]
-    return labels, labels != list(DEMO_LABELS)
+def demo_labels(num_classes: int, sfd: bool = False) -> Tuple[List[int], bool]:
+    """The reference's 8 demo classes (SFD's with `sfd`); with fewer than 1000 classes each is
+    taken modulo num_classes. Returns (labels, remapped)."""
+    classes = list(SFD_DEMO_LABELS if sfd else DEMO_LABELS)
+    labels = [c % num_classes for c in classes]
+    return labels, labels != classes
+
+
+def demo_config(cfg, args) -> Tuple[object, str]:
+    """The demo's config, the reference's (or SFD's) sampling overrides applied, and the line that
+    states them (logged once logging is set up); the config unchanged with --demo-config-sampling."""
+    s = cfg.sample
+    if args.demo_config_sampling:
+        return cfg, "demo grid with the config's sampling settings (--demo-config-sampling)"
+    sfd = is_sfd(cfg)
+    scale = SFD_DEMO_CFG_SCALE if sfd else DEMO_CFG_SCALE
+    line = (f"demo mode uses {'SFD' if sfd else 'the reference'}'s overrides: cfg_scale {s.cfg_scale:.2f} -> "
+            f"{scale:.1f}{' on both parts (per-part scales ignored)' if sfd else ''}, cfg interval off (start "
+            f"{s.cfg_interval_start:.3f} ignored), timestep_shift {s.timestep_shift:.2f} -> {DEMO_SHIFT:.1f}")
+    overrides = {"cfg_scale": scale, "cfg_interval_start": DEMO_INTERVAL_START, "timestep_shift": DEMO_SHIFT}
+    if sfd:
+        overrides.update(cfg_scale_sem=None, cfg_scale_tex=None)
+    return OmegaConf.merge(cfg, {"sample": overrides}), line
 
 
 def class_names(num_classes: int, path: Optional[str] = None) -> Optional[List[str]]:
@@ -117,31 +146,21 @@ def image_grid(images: np.ndarray, rows: int, cols: int) -> np.ndarray:
 #################################################################################
 
 def run_demo(cfg, args, rt, model, decoder, guide=None) -> Path:
-    """The reference's demo grid, with its overrides stated loudly (or the config's settings)."""
-    s = cfg.sample
-    if args.demo_config_sampling:
-        cfg_scale, interval, start, shift = s.cfg_scale, True, s.cfg_interval_start, s.timestep_shift
-        logger.info("demo grid with the config's sampling settings (--demo-config-sampling)")
-    else:
-        cfg_scale, interval, start, shift = DEMO_CFG_SCALE, False, DEMO_INTERVAL_START, DEMO_SHIFT
-        logger.warning("demo mode uses the reference's overrides: cfg_scale %.2f -> %.1f, cfg interval "
-                       "off (start %.3f ignored), timestep_shift %.2f -> %.1f", s.cfg_scale, DEMO_CFG_SCALE,
-                       s.cfg_interval_start, s.timestep_shift, DEMO_SHIFT)
+    """The demo grid with the settings of `demo_config` (cfg is already the demo's config)."""
     if args.demo_classes:
         labels = [int(c) for c in args.demo_classes.split(",")]
         if len(labels) != 8 or not all(0 <= c < cfg.data.num_classes for c in labels):
             raise SystemExit(f"error: --demo-classes needs 8 indices in [0, {cfg.data.num_classes}), "
                              f"got {args.demo_classes!r}")
     else:
-        labels, remapped = demo_labels(cfg.data.num_classes)
+        labels, remapped = demo_labels(cfg.data.num_classes, is_sfd(cfg))
         if remapped:
             logger.warning("data.num_classes = %d < 1000: demo classes taken modulo num_classes -> %s",
                            cfg.data.num_classes, labels)
     names = class_names(cfg.data.num_classes, args.class_names)
     for i, c in enumerate(labels):
         logger.info("demo image %d: class %d%s", i, c, f" ({names[c]})" if names else "")
-    sampler = LatentSampler(cfg, model, guide=guide, cfg_scale=cfg_scale, interval=interval,
-                            interval_start=start, shift=shift)
+    sampler = LatentSampler(cfg, model, guide=guide, interval=args.demo_config_sampling)
     c, h = cfg.model.in_chans, latent_size(cfg)
     z = sample_noise(range(len(labels)), (c, h, h), cfg.train.global_seed, stream=STREAM_DEMO).to(rt.device)
     y = torch.tensor(labels, device=rt.device)
@@ -183,8 +202,11 @@ def fid_step(cfg, args, npz: Path) -> None:
 def main(argv: Optional[List[str]] = None):
     cfg, args = parse_cli(argv, description="LightningDiT sampling: FID PNGs + .npz, or --demo grid.",
                           extra_args=add_args)
+    demo_line = None
+    if args.demo:
+        cfg, demo_line = demo_config(cfg, args)
     try:  # every named input, before any process group, network or output folder exists
-        check_sampling_inputs(cfg)
+        check_sampling_inputs(cfg, tokenizer_weights=not args.vae_random_init)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     # The reference's seed rule: torch.manual_seed(global_seed * world_size + rank). Our images
@@ -192,6 +214,8 @@ def main(argv: Optional[List[str]] = None):
     rt = setup_runtime(run_dir=None, seed=cfg.train.global_seed, name="inference")
     if args.demo and not rt.is_main:
         return None
+    if demo_line:
+        (logger.info if args.demo_config_sampling else logger.warning)(demo_line)
     with torch.no_grad():  # scoped, not global: main() is also called in-process (tests)
         return _sample(cfg, args, rt)
 
@@ -206,10 +230,16 @@ def _sample(cfg, args, rt):
                 cfg.sample.mode, cfg.sample.sampling_method, cfg.sample.num_sampling_steps,
                 cfg.sample.cfg_scale, cfg.sample.cfg_interval_start, cfg.sample.cfg_channels,
                 cfg.sample.timestep_shift, cfg.sample.precision, rt.world_size)
+    if is_sfd(cfg):
+        m = cfg.model
+        logger.info("SFD: %d texture + %d semantic channels, semantics ahead by %.2f; decoding the texture "
+                    "channels with %s", m.in_chans - m.semantic_chans, m.semantic_chans, m.semfirst_delta_t,
+                    decoder.vae.config_path)
     if guide is not None:
         guide_cfg = guide_config(cfg)
-        logger.info("AutoGuidance: guide %s from %s (%s)", guide_cfg.model.model_type, guide_cfg.ckpt_path,
-                    cfg.sample.autoguidance_config)
+        logger.info("AutoGuidance: guide %s from %s (%s), scale %.2f (texture %s, semantics %s)",
+                    guide_cfg.model.model_type, guide_cfg.ckpt_path, cfg.sample.autoguidance_config,
+                    cfg.sample.cfg_scale, cfg.sample.cfg_scale_tex, cfg.sample.cfg_scale_sem)
     if args.demo:
         return run_demo(cfg, args, rt, model, decoder, guide)
     return run_fid_sampling(cfg, args, rt, model, decoder, guide)

@@ -198,6 +198,9 @@ class SampleConfig:
     balanced_sampling: bool = False
     autoguidance: bool = False                   # SFD: guide with a weaker network (cfg_scale > 1)
     autoguidance_config: Optional[str] = None    # SFD: the guide's YAML (its ckpt_path and model)
+    # SFD's --autoguidance_ckpt_iter (AUTOGUIDANCE_CKPT_ITER): the guide checkpoint of iteration K
+    # thousand, {K*1000:07d}.pt in the folder of the guide YAML's ckpt_path (None: that ckpt_path)
+    autoguidance_ckpt_iter: Optional[int] = None
     cfg_scale_sem: Optional[float] = None        # SFD: per-part guidance scales (None: cfg_scale)
     cfg_scale_tex: Optional[float] = None
 
@@ -337,6 +340,7 @@ _RANGES = {
     "model.semantic_weight": NON_NEGATIVE, "model.repa_feat_depth": up_to(MAX_LAYERS),
     "model.repa_weight": NON_NEGATIVE,
     "sample.cfg_scale_sem": NON_NEGATIVE, "sample.cfg_scale_tex": NON_NEGATIVE,
+    "sample.autoguidance_ckpt_iter": POSITIVE,
 }
 # Keys whose value becomes one file or directory name (`{output_dir}/{exp_name}`,
 # `configs/tokenizer/{model_name}.yaml`): a single path component.

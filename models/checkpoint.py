@@ -55,7 +55,7 @@ def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.
     return cleaned
 
 
-def _omegaconf_globals() -> list:
+def omegaconf_globals() -> list:
     """The classes of a pickled OmegaConf config. The authors' train.py (LightningDiT's and SFD's)
     saves `config` as a DictConfig; these classes hold plain data, so allowing them keeps such
     files loadable with weights_only=True."""
@@ -84,7 +84,7 @@ def read_lightningdit_state_dict(path: PathLike, prefer_ema: bool = True) -> Tup
     if not path.is_file():
         raise FileNotFoundError(f"LightningDiT checkpoint not found: {path} ({RELEASED_CHECKPOINTS_HINT})")
 
-    with torch.serialization.safe_globals(_omegaconf_globals()):  # the authors' `config` entry
+    with torch.serialization.safe_globals(omegaconf_globals()):  # the authors' `config` entry
         obj = load_weights_file(path)
     if path.suffix == ".safetensors":
         return clean_state_dict(obj), "state_dict"

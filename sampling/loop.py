@@ -5,6 +5,12 @@ training (training/online_eval.py) and the GPU benchmark (tools/bench/bench_gpu.
 sample the same images the same way: image i's noise and label depend only on
 (train.global_seed, i) (datasets/order.py), whatever the batch, rank or number of processes, and
 the network runs under `sample.precision`.
+
+An adaptive ODE solver (dopri5, SFD's sampler) picks one step size for a whole batch, so an image
+also depends on its batch mates (within the solver's tolerance). FID sampling with such a solver
+therefore draws fixed batches, images [b n, (b + 1) n) for n = sample.per_proc_batch_size, batch b
+on rank b mod world_size (`fid_plan`): the same batches, hence the same images, on any number of
+processes. Fixed-grid samplers keep the reference's index order (`datasets.order.work_plan`).
 """
 from __future__ import annotations
 
@@ -18,9 +24,11 @@ from typing import Callable, Iterable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from PIL import Image
+from torchdiffeq._impl.solvers import FixedGridODESolver  # the base of torchdiffeq's fixed-grid methods
 
 from datasets.order import STREAM_SDE, sample_labels, sample_noise, work_plan
 from models.build import latent_size
+from transport.integrators import ODE_METHODS
 from utils.fileio import atomic_write
 from utils.seeding import derive_seed
 
@@ -31,6 +39,35 @@ def label_mode(cfg) -> str:
     """How labels are drawn: `sample.label_mode`, or 'balanced' with SFD's
     `sample.balanced_sampling` (the same thing under SFD's name)."""
     return "balanced" if cfg.sample.balanced_sampling else cfg.sample.label_mode
+
+
+def adaptive_method(mode: str, method: str, objective: str = "rectified_flow") -> bool:
+    """The ODE's step sizes depend on the whole batch: torchdiffeq's adaptive methods (dopri5,
+    dopri8, bosh3, ..., scipy_solver), not its fixed-grid ones nor ours."""
+    solver = ODE_METHODS.get(method)
+    return (objective != "ddpm" and mode == "ODE" and isinstance(solver, type)
+            and not issubclass(solver, FixedGridODESolver))
+
+
+def adaptive_solver(cfg) -> bool:
+    """`adaptive_method` of the config's sampler."""
+    return adaptive_method(cfg.sample.mode, cfg.sample.sampling_method, cfg.transport.objective)
+
+
+def batch_plan(total: int, per_proc_batch: int, world_size: int, rank: int) -> List[List[int]]:
+    """Image indices of this rank per iteration as fixed batches: batch b is [b n, (b + 1) n)
+    (the last one shorter), batch b runs on rank b mod world_size. Every rank gets the same number
+    of iterations (an empty last one where the batches run out), as `work_plan`."""
+    batches = [list(range(b, min(b + per_proc_batch, total))) for b in range(0, total, per_proc_batch)]
+    iterations = -(-len(batches) // world_size)
+    mine = batches[rank::world_size]
+    return mine + [[]] * (iterations - len(mine))
+
+
+def fid_plan(cfg, total: int, world_size: int, rank: int) -> List[List[int]]:
+    """This rank's batches of FID sampling: `batch_plan` for an adaptive solver, else `work_plan`."""
+    plan = batch_plan if adaptive_solver(cfg) else work_plan
+    return plan(total, cfg.sample.per_proc_batch_size, world_size, rank)
 
 
 def precision_context(cfg, device: torch.device):
@@ -104,7 +141,7 @@ def sample_fid_folder(cfg, rt, sampler, decoder, folder: Path,
 
     s = cfg.sample
     total = s.fid_num
-    plan = work_plan(total, s.per_proc_batch_size, rt.world_size, rt.rank)
+    plan = fid_plan(cfg, total, rt.world_size, rt.rank)
     todo = [ids for ids in plan if ids and not all((folder / f"{i:06d}.png").is_file() for i in ids)]
     logger.info("writing %d images to %s: %d iterations of %d x %d processes (%d already done on rank %d)",
                 total, folder, len(plan), s.per_proc_batch_size, rt.world_size, len(plan) - len(todo), rt.rank)

@@ -13,22 +13,21 @@ from typing import Optional
 import numpy as np
 import torch
 
-from datasets.img_latent_dataset import load_latent_stats
+from datasets.img_latent_dataset import normalizer_from_config
 from sampling.guidance import DDPMTimes, Denoiser, FlowTimes, Guidance
 from sampling.networks import load_guide
 from tokenizer.factory import load_tokenizer
+from tokenizer.factory import tokenizer_config_path as _tokenizer_yaml
 from transport import Sampler, build_transport
 from transport.ddpm_sampler import DDPMSampler
 from transport.schedule import TimeSchedule
 
 logger = logging.getLogger("inference")
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
-
-
 def tokenizer_config_path(cfg) -> Path:
-    """`vae.config_path`, else `configs/tokenizer/{vae.model_name}.yaml` of this repository."""
-    return Path(cfg.vae.config_path) if cfg.vae.config_path else CONFIG_DIR / f"{cfg.vae.model_name}.yaml"
+    """`vae.config_path`, else `configs/tokenizer/{vae.model_name}.yaml` of this repository
+    (tokenizer/factory.py: SFD's `sdvae_f16d32` and the authors' `tokenizer/configs/` paths)."""
+    return _tokenizer_yaml(cfg.vae.model_name, cfg.vae.config_path)
 
 
 def time_schedule(transport, cfg) -> TimeSchedule:
@@ -143,19 +142,20 @@ def _with_sigma(net):
 
 
 class Decoder:
-    """Latents in model space -> uint8 NHWC images: z = x * std / multiplier + mean, tokenizer decode
-    (VA-VAE, MAR-VAE or SD-VAE, as the tokenizer YAML's `tokenizer:` key says; tokenizer/factory.py).
+    """Latents in model space -> uint8 NHWC images: the texture channels de-normalised,
+    z = x * std / multiplier + mean (datasets/latent_norm.py), then tokenizer decode (VA-VAE,
+    MAR-VAE or SD-VAE, as the tokenizer YAML's `tokenizer:` key says; tokenizer/factory.py).
 
-    With data.latent_norm false the inverse of training is z = x / multiplier (the reference
-    applies the dataset stats regardless, docs/reference_behaviour.md §9.2, which mis-scales such models).
+    SFD (model.semantic_chans > 0): the last semantic channels are dropped and only the texture
+    channels are de-normalised with the texture stats (latents_stats.pt) and decoded; the semantic
+    stats (latents_sv_stats.pt, data.latent_sv_norm) are loaded too, so a sampling run is bound
+    to both files (sampling/protocol.py). With data.latent_norm false the inverse of training is
+    z = x / multiplier (the reference applies the dataset stats regardless,
+    docs/reference_behaviour.md §9.2, which mis-scales such models).
     """
 
     def __init__(self, cfg, device: torch.device, random_init: bool = False):
-        self.multiplier = cfg.data.latent_multiplier
-        self.mean = self.std = None
-        if cfg.data.latent_norm:
-            mean, std = load_latent_stats(cfg.data.data_path, cfg.model.in_chans, "model.in_chans")
-            self.mean, self.std = mean.to(device), std.to(device)
+        self.normalizer = normalizer_from_config(cfg).to(device)
         config_path = tokenizer_config_path(cfg)
         # fp16=False: the reference decodes in fp32. Seeded so a random-init tokenizer (tests) is
         # the same on every rank.
@@ -165,6 +165,4 @@ class Decoder:
                                       device=device, random_init=random_init)
 
     def __call__(self, x: torch.Tensor) -> np.ndarray:
-        x = x.float()
-        z = x * self.std / self.multiplier + self.mean if self.mean is not None else x / self.multiplier
-        return self.vae.decode_to_images(z)
+        return self.vae.decode_to_images(self.normalizer.denormalize(x.float()))

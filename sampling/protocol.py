@@ -11,20 +11,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from sampling.loop import label_mode
-from sampling.networks import autoguidance_active, guide_config
+from sampling.loop import adaptive_method, label_mode
+from sampling.networks import autoguidance_active, guide_config, guide_config_path
 from training.rundir import RunLock, move_aside, release_run_dir, timestamp
 from utils.digest import module_digest, tensors_digest
 from utils.fileio import atomic_write_json
 
 logger = logging.getLogger("inference")
 
-# Entries a resumed run may change without changing any image.
+# Entries a resumed run may change without changing any image (beyond float rounding; with an
+# adaptive ODE solver a changed batch size moves the images within its tolerance: sampling/loop.py).
 FREE = ("world_size", "per_proc_batch_size", "torch_version", "device")
 # Content hashes of the inputs: what each names in an error, the entry that locates the input,
 # and the location entries that may change when the hash is recorded (same weights, other file).
@@ -54,7 +56,7 @@ def settings(cfg) -> dict:
     guide = guide_config(cfg) if auto else None
     stats = Path(cfg.data.data_path)
     return {
-        "ckpt_path": str(Path(cfg.ckpt_path).resolve()) if cfg.ckpt_path else None,
+        "ckpt_path": _absolute(cfg.ckpt_path) if cfg.ckpt_path else None,
         "model_type": m.model_type, "objective": cfg.transport.objective, "mode": s.mode,
         "sampler": s.sampling_method, "steps": s.num_sampling_steps, "atol": s.atol, "rtol": s.rtol,
         "reverse": s.reverse, "cfg_scale": s.cfg_scale, "cfg_interval": guided,
@@ -62,8 +64,8 @@ def settings(cfg) -> dict:
         "cfg_channels": s.cfg_channels, "cfg_scale_tex": s.cfg_scale_tex, "cfg_scale_sem": s.cfg_scale_sem,
         "interval_mode": m.semfirst_infer_interval_mode, "semantic_chans": m.semantic_chans,
         "semfirst_delta_t": m.semfirst_delta_t, "autoguidance": auto,
-        "guide_config": str(Path(s.autoguidance_config).resolve()) if auto else None,
-        "guide_ckpt_path": str(Path(guide.ckpt_path).resolve()) if auto else None,
+        "guide_config": _absolute(guide_config_path(s.autoguidance_config)) if auto else None,
+        "guide_ckpt_path": _absolute(guide.ckpt_path) if auto else None,
         "guide_model_type": guide.model.model_type if auto else None,
         "label_mode": label_mode(cfg), "seed": cfg.train.global_seed, "fid_num": s.fid_num,
         "precision": s.precision, "skip_uncond_outside_interval": s.skip_uncond_outside_interval,
@@ -77,6 +79,12 @@ def settings(cfg) -> dict:
     }
 
 
+def _absolute(path) -> str:
+    """The absolute path as named, symlinks kept: the checkpoint's own name (SFD's 4000000.pt linked
+    to a shared file) names the folder, not its target's."""
+    return os.path.abspath(path)
+
+
 def protocol(cfg, world_size: int, device: torch.device, digests: Optional[dict] = None) -> dict:
     """`settings(cfg)`, the run's shape and versions, and the inputs' content hashes
     (`input_digests`)."""
@@ -88,17 +96,28 @@ def protocol(cfg, world_size: int, device: torch.device, digests: Optional[dict]
 
 def input_digests(model: torch.nn.Module, decoder, guide: Optional[torch.nn.Module] = None) -> dict:
     """Content hashes of what the images are made from: the weights actually loaded into the
-    model (and the guide), the tokenizer's weights and the latent stats (None when unused)."""
+    model (and the guide), the tokenizer's weights and both latent stats files, texture and
+    semantic (SFD; None when unused)."""
     vae = getattr(decoder.vae, "model", decoder.vae)
+    norm = decoder.normalizer
     out = {
         "ckpt_sha256": module_digest(model),
         "vae_sha256": module_digest(vae) if isinstance(vae, torch.nn.Module) else None,
-        "latent_stats_sha256": tensors_digest({"mean": decoder.mean, "std": decoder.std})
-        if decoder.mean is not None else None,
+        "latent_stats_sha256": _stats_digest(norm.mean, norm.std),
     }
+    if norm.sv_mean is not None:
+        out["latent_sv_stats_sha256"] = _stats_digest(norm.sv_mean, norm.sv_std)
     if guide is not None:
         out["guide_sha256"] = module_digest(guide)
     return out
+
+
+def _stats_digest(mean: Optional[torch.Tensor], std: Optional[torch.Tensor]) -> Optional[str]:
+    """The hash of a stats file's {'mean', 'std'} as stored, (1, C, 1, 1) float32 (the normalizer
+    keeps (C, 1, 1)): the same value folders sampled before the normalizer recorded."""
+    if mean is None:
+        return None
+    return tensors_digest({"mean": mean.unsqueeze(0), "std": std.unsqueeze(0)})
 
 
 def folder_name(proto: dict) -> str:
@@ -171,8 +190,11 @@ def check_protocol(path: Path, new: dict) -> None:
                          "use another train.exp_name, or train.overwrite=true to move the old samples aside")
     changed = [k for k in FREE if old.get(k) != new[k]]
     if changed:
-        logger.warning("resuming with changed %s: images already written stay, new ones may differ "
-                       "in float rounding from an uninterrupted run", ", ".join(changed))
+        batch = "per_proc_batch_size" in changed and adaptive_method(new["mode"], new["sampler"], new["objective"])
+        logger.warning("resuming with changed %s: images already written stay, new ones may differ %s from an "
+                       "uninterrupted run", ", ".join(changed),
+                       f"within {new['sampler']}'s tolerance (its step sizes depend on the batch)" if batch
+                       else "in float rounding")
 
 
 def claim_sample_folder(cfg, folder: Path, proto: dict) -> None:
