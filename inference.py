@@ -185,6 +185,20 @@ def run_fid_sampling(cfg, args, rt, model, decoder, guide=None) -> Path:
     return sample_fid_folder(cfg, rt, sampler, decoder, folder, on_complete=lambda npz: fid_step(cfg, args, npz))
 
 
+def check_fid_inputs(cfg) -> None:
+    """--fid's files, before 50k images are sampled: the reference batch and the Inception weights."""
+    from evaluation.inception import resolve_weights_path
+
+    ref = cfg.data.fid_reference_file
+    if not ref:
+        raise ValueError("--fid needs data.fid_reference_file (the ADM reference batch, "
+                         "VIRTUAL_imagenet256_labeled.npz: python tools/fetch_weights.py adm-ref-imagenet256)")
+    if not Path(ref).is_file():
+        raise FileNotFoundError(f"--fid: reference batch not found: {ref} (data.fid_reference_file; "
+                                "python tools/fetch_weights.py adm-ref-imagenet256)")
+    resolve_weights_path(None)
+
+
 def fid_step(cfg, args, npz: Path) -> None:
     """Run the ADM evaluator (`--fid`) when the reference batch exists, else print the command."""
     ref = cfg.data.fid_reference_file
@@ -207,6 +221,8 @@ def main(argv: Optional[List[str]] = None):
         cfg, demo_line = demo_config(cfg, args)
     try:  # every named input, before any process group, network or output folder exists
         check_sampling_inputs(cfg, tokenizer_weights=not args.vae_random_init)
+        if args.fid and not args.demo:
+            check_fid_inputs(cfg)
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     # The reference's seed rule: torch.manual_seed(global_seed * world_size + rank). Our images

@@ -168,3 +168,20 @@ def test_two_processes_write_the_same_images(setup, fid_run):
         a, b = (np.asarray(Image.open(f / name)).astype(int) for f in (folder, two))
         assert np.abs(a - b).max() <= 1, name
     assert np.array_equal(np.load(f"{two}.npz")["arr_1"], np.load(f"{folder}.npz")["arr_1"])
+
+
+def test_fid_flag_checks_its_files_before_sampling(setup, tmp_path, monkeypatch):
+    """--fid: a missing reference batch or Inception weights stop the run at the door, before any
+    image is sampled or folder created (not after 50k samples)."""
+    monkeypatch.delenv("ADM_INCEPTION_WEIGHTS", raising=False)
+    out = tmp_path / "out"
+    base = [a for a in setup["args"] if not a.startswith("train.output_dir=")] + [f"train.output_dir={out}", "--fid"]
+    with pytest.raises(SystemExit, match="--fid needs data.fid_reference_file"):
+        inference.main(base)
+    with pytest.raises(SystemExit, match="reference batch not found: .*nope.npz"):
+        inference.main(base + [f"data.fid_reference_file={tmp_path / 'nope.npz'}"])
+    ref = tmp_path / "ref.npz"
+    np.savez(ref, arr_0=np.zeros((1, 16, 16, 3), np.uint8))
+    with pytest.raises(SystemExit, match="ADM_INCEPTION_WEIGHTS"):
+        inference.main(base + [f"data.fid_reference_file={ref}"])
+    assert not out.exists()
