@@ -8,6 +8,17 @@ import pytest
 import torch
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread_for_shared_fixtures():
+    """Module- and session-scoped fixtures are set up before the per-test fixture below, so they
+    would otherwise compute at the machine's thread count while their tests recompute at 1 (CI has
+    2 cores and no OMP_NUM_THREADS: bit-for-bit comparisons then differ)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(autouse=True)
 def _one_thread_and_no_global_state_leak():
     threads = torch.get_num_threads()
