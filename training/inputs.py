@@ -15,7 +15,7 @@ def check_training_inputs(cfg) -> None:
     """Latent shards (keys, dtypes, non-empty, shape vs the model, labels vs data.num_classes),
     SFD's parts the config asks for (semantic latents adding up to model.semantic_chans, REPA
     targets with model.use_repa, one per model token), their stats (finite, positive std), the
-    validation latents and the warm-start file."""
+    validation latents, the guide of evaluation with AutoGuidance and the warm-start file."""
     grid = latent_size(cfg)
     m = cfg.model
     parts = dict(semantic_chans=m.semantic_chans, repa=m.use_repa)
@@ -29,6 +29,8 @@ def check_training_inputs(cfg) -> None:
     if len(shards) < cfg.train.global_batch_size:
         raise ValueError(f"{cfg.data.data_path}: {len(shards)} latents, fewer than one global batch "
                          f"(train.global_batch_size = {cfg.train.global_batch_size})")
+    if cfg.train.eval_every:
+        check_eval_guide(cfg)
     if cfg.train.weight_init:
         path = Path(cfg.train.weight_init)
         if not path.is_file():
@@ -48,6 +50,18 @@ def check_repa_grid(cfg, shards: LatentShards) -> None:
         raise ValueError(f"{shards.files[0]}: REPA targets feats_dino of {h}x{w} = {h * w} positions, "
                          f"the model has {tokens} tokens (model.model_type / model.patch_size, "
                          f"data.image_size // vae.downsample_ratio)")
+
+
+def check_eval_guide(cfg) -> None:
+    """Evaluation during training with AutoGuidance (`sample.autoguidance`, train.eval_cfg_scale > 1)
+    needs the guide's YAML and checkpoint (sampling/networks.py: guide_config)."""
+    from sampling.networks import autoguidance_active, guide_config
+
+    if autoguidance_active(cfg, cfg.train.eval_cfg_scale):
+        guide = guide_config(cfg)
+        if not Path(guide.ckpt_path).is_file():
+            raise FileNotFoundError(f"{cfg.sample.autoguidance_config}: the guide checkpoint ckpt_path "
+                                    f"{guide.ckpt_path} is not a file (evaluation during training uses it)")
 
 
 def check_tokenizer_training_inputs(cfg) -> None:
