@@ -303,7 +303,7 @@ _RANGES = {
     "sample.per_proc_batch_size": POSITIVE, "sample.fid_num": POSITIVE, "sample.cfg_scale": NON_NEGATIVE,
     "sample.cfg_interval_start": UNIT, "sample.timestep_shift": NON_NEGATIVE,
     "sample.diffusion_norm": NON_NEGATIVE, "sample.last_step_size": Range(0.0, 1.0, True, True),
-    "model.semantic_chans": NON_NEGATIVE, "model.semfirst_delta_t": Range(0.0, 1.0, high_open=True),
+    "model.semantic_chans": NON_NEGATIVE, "model.semfirst_delta_t": Range(0.0, 1.0),
     "model.semantic_weight": NON_NEGATIVE, "model.repa_feat_depth": POSITIVE, "model.repa_weight": NON_NEGATIVE,
     "sample.cfg_scale_sem": NON_NEGATIVE, "sample.cfg_scale_tex": NON_NEGATIVE,
 }

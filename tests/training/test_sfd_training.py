@@ -12,7 +12,8 @@ What our trainer guarantees holds with SFD's objective, network and extra target
   gives the unguided images bit for bit, another guide other images;
 - the checkpoint's state dict is SFD's network, key for key and shape for shape, against a list
   written by hand from SFD's module tree (models/lightningdit.py of SFD), the same list that gives
-  the released XL/1's keys.
+  the released XL/1's keys;
+- REPA on plain LightningDiT (SFD's Table 1 "+ REPA" rows, configs/sfd/paper) from the same shards.
 """
 import json
 import os
@@ -203,3 +204,26 @@ def test_evaluation_with_autoguidance(tiny, base):
         run(tiny, "auto_missing", *auto,
             f"sample.autoguidance_config={guide_yaml(tiny, 'guide_missing', tiny['root'] / 'nope.pt')}")
     assert not (tiny["out"] / "auto_missing").exists()
+
+
+def test_lightningdit_with_repa_on_sfd_shards(tiny, base):
+    """SFD's Table 1 "LightningDiT + REPA" row (configs/sfd/paper): one channel group on the texture
+    part of the same shards, REPA on block 2 against the same feats_dino; its twin without REPA
+    has no REPA term and ends elsewhere."""
+    paper = "configs/sfd/paper/sfd_t1_lightningdit_xl1{}.yaml"
+    runs = {}
+    for suffix in ("_repa", ""):
+        torch.set_num_threads(1)
+        runs[suffix] = train.main([paper.format(suffix), *tiny["common"], f"train.exp_name=lightningdit{suffix}"])
+    repa, plain = load(runs["_repa"]), load(runs[""])
+    shapes = sfd_state_dict_shapes(D, DEPTH, HEADS, GRID * GRID, semantic=0)
+    one_time = {k: v for k, v in shapes.items() if not k.startswith("t_embedder_")}
+    one_time.update({"t_embedder.mlp.0.weight": (D, 256), "t_embedder.mlp.0.bias": (D,),
+                     "t_embedder.mlp.2.weight": (D, D), "t_embedder.mlp.2.bias": (D,)})
+    assert {k: tuple(v.shape) for k, v in repa["model"].items()} == one_time
+    assert not any(k.startswith("repa_projector") for k in plain["model"])
+    for r in rows(runs["_repa"]):
+        if "loss" in r:
+            assert r["total_loss"] == pytest.approx(r["loss"] + r["cos_loss"] + r["repa_loss"], rel=1e-6)
+    assert all("repa_loss" not in r for r in rows(runs[""]))
+    assert max((repa["model"][k] - plain["model"][k]).abs().max() for k in plain["model"]) > 1e-4
