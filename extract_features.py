@@ -30,7 +30,8 @@ SFD's shards (docs/reference_behaviour.md, SFD part §1.4, §2.2; SFD's `extract
 view, noise seeded per image like the texture's) and `latents_sv_stats.pt`; `--repa-model NAME`
 adds the encoder's final patch tokens as `feats_dino` / `feats_dino_flip` (float16), SFD's REPA
 targets (computed once when the REPA and semantic encoders are the same). Both use SFD's
-extraction view of the ADM-cropped image. SFD's own command line works too:
+extraction view of the ADM-cropped image. `--repa-grid G` averages the REPA targets down to the
+G x G tokens of a patch-size > 1 model (SFD: patch 1, the latent grid itself). SFD's own command line works too:
     bash run_extraction.sh configs/tokenizer/sdvae_f16d32_semvaebasech16.yaml semvae dinov2_vitb14_reg \
         --dino-weights dinov2_vitb14_reg4_pretrain.pth
 reads SFD's default image folder and writes SFD's directory
@@ -79,7 +80,7 @@ MANIFEST = "extraction.json"
 CONTENT_KEYS = ("data_path", "num_images", "image_folder_size", "tokenizer_config", "image_size",
                 "seed", "mode", "shard_size", "max_images", "random_init_tokenizer",
                 "semantic_feat_type", "dino_model_name", "dino_weights", "semvae_ckpt_path", "semvae_config",
-                "repa_model", "repa_weights", "encoder_model_kwargs")
+                "repa_model", "repa_weights", "repa_grid", "encoder_model_kwargs")
 STOPPED_EXIT_CODE = 3
 SEMANTIC_FEAT_TYPES = ("semvae",)    # SFD's semantic_feat_type values offered here
 SEMANTIC_STREAM = 1                  # derive_seed stream of the Semantic VAE's posterior noise
@@ -147,6 +148,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     sfd.add_argument("--repa-model", default=None, choices=SEMANTIC_ENCODERS,
                      help="add this encoder's patch tokens (fp16) as REPA targets, e.g. dinov2_vitb14_reg")
     sfd.add_argument("--no-repa", action="store_true", help="leave the REPA targets out (overrides --repa-model)")
+    sfd.add_argument("--repa-grid", type=int, default=None,
+                     help="REPA targets on this grid (the model's tokens: latent grid / patch size), averaged "
+                          "from the latent grid; default: the latent grid (patch 1, as SFD)")
     sfd.add_argument("--dino-weights", default=None,
                      help="local weights of the semantic encoder (default: the semvae block's dino_weights)")
     sfd.add_argument("--repa-weights", default=None,
@@ -238,6 +242,7 @@ class SemanticParts:
     encoder: Optional[torch.nn.Module] = None
     semvae: Optional[torch.nn.Module] = None
     repa: Optional[torch.nn.Module] = None
+    repa_grid: Optional[int] = None     # None: the latent grid
 
     def shapes(self) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
         """{shard key: (per-image shape, dtype)} of the parts this extraction writes."""
@@ -245,7 +250,8 @@ class SemanticParts:
         if self.semvae is not None:
             out[SV_KEY] = ((self.semvae.bottleneck_dim, self.grid, self.grid), torch.float32)
         if self.repa is not None:
-            out[REPA_KEY] = ((self.repa.feature_dim, self.grid, self.grid), torch.float16)
+            g = self.repa_grid or self.grid
+            out[REPA_KEY] = ((self.repa.feature_dim, g, g), torch.float16)
         return out
 
 
@@ -254,12 +260,13 @@ def encode_semantic_parts(parts: SemanticParts, images: torch.Tensor, image_indi
                           seed: int, mode: bool) -> Dict[str, Tuple[torch.Tensor, torch.Tensor]]:
     """images (B, 3, H, W) in [-1, 1] -> {key: (stored, flipped)} on the CPU: `latents_sv` float32
     (B, b, g, g), a posterior sample with `semantic_noise` (or the mode), and `feats_dino` float16
-    (B, D, g, g); each view through the encoder once, tokens shared when REPA's encoder is it."""
-    from tokenizer.composite import grid_tokens, semantic_latents, tokens_to_grid
+    (B, D, g', g') on the REPA grid (means over g/g' x g/g' cells of the latent grid when smaller);
+    each view through the encoder once, tokens shared when REPA's encoder is it."""
+    from tokenizer.composite import encoder_tokens, semantic_latents, tokens_to_grid
 
     b, out = images.shape[0], {}
     both = torch.cat([images, images.flip(-1)])
-    tokens = grid_tokens(parts.encoder, both, parts.grid) if parts.encoder is not None else None
+    tokens = encoder_tokens(parts.encoder, both, parts.grid) if parts.encoder is not None else None
     if parts.semvae is not None:
         noise = None
         if not mode:
@@ -268,8 +275,11 @@ def encode_semantic_parts(parts: SemanticParts, images: torch.Tensor, image_indi
         z = semantic_latents(parts.semvae, tokens, parts.grid, noise).float().cpu()
         out[SV_KEY] = (z[:b].contiguous(), z[b:].contiguous())
     if parts.repa is not None:
-        repa_tokens = tokens if parts.repa is parts.encoder else grid_tokens(parts.repa, both, parts.grid)
-        f = tokens_to_grid(repa_tokens, parts.grid).half().cpu()
+        repa_tokens = tokens if parts.repa is parts.encoder else encoder_tokens(parts.repa, both, parts.grid)
+        f = tokens_to_grid(repa_tokens, parts.grid)
+        if parts.repa_grid and parts.repa_grid != parts.grid:
+            f = torch.nn.functional.avg_pool2d(f, parts.grid // parts.repa_grid)
+        f = f.half().cpu()
         out[REPA_KEY] = (f[:b].contiguous(), f[b:].contiguous())
     return out
 
@@ -431,6 +441,7 @@ def semantic_settings(args: argparse.Namespace) -> Dict[str, object]:
             "semvae_ckpt_path": resolve(block.semvae_ckpt_path) if block else None,
             "semvae_config": resolve(block.semvae_config) if block else None,
             "repa_model": args.repa_model, "repa_weights": repa_weights if args.repa_model else None,
+            "repa_grid": args.repa_grid if args.repa_model else None,
             "encoder_model_kwargs": kwargs if (block or args.repa_model) else None}
 
 
@@ -440,7 +451,9 @@ def load_semantic_parts(settings: Dict[str, object], grid: int, device: torch.de
     the caller seeds torch first)."""
     from tokenizer.composite import SemVAEBlock, load_block_semvae, load_encoder
 
-    parts = SemanticParts(grid)
+    parts = SemanticParts(grid, repa_grid=settings["repa_grid"])
+    if parts.repa_grid and (parts.repa_grid > grid or grid % parts.repa_grid):
+        raise ValueError(f"--repa-grid {parts.repa_grid} must divide the latent grid {grid}")
     kwargs = settings["encoder_model_kwargs"]
     if settings["semantic_feat_type"]:
         parts.encoder = load_encoder(settings["dino_model_name"], settings["dino_weights"], device,

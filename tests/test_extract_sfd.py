@@ -215,6 +215,19 @@ def test_no_repa_leaves_the_targets_out(setup, single):
         assert torch.equal(got[key], full[key]), key
 
 
+def test_repa_grid_averages_the_targets(setup, single):
+    """--repa-grid 4: the REPA targets of a patch-2 model, 2 x 2 means of the latent-grid tokens."""
+    out = setup["root"] / "repa_grid"
+    _run([sys.executable, "extract_features.py", *_args(setup, out, "--repa-grid", "4")])
+    got, full = read_all(out), read_all(single[0])
+    for key in ("feats_dino", "feats_dino_flip"):
+        assert got[key].shape == (12, 32, 4, 4) and got[key].dtype == torch.float16
+        want = torch.nn.functional.avg_pool2d(full[key].float(), 2)
+        torch.testing.assert_close(got[key].float(), want, atol=2e-3, rtol=2e-3)
+    for key in ("latents", "latents_sv", "labels"):
+        assert torch.equal(got[key], full[key]), key
+
+
 def test_disk_check_refuses_before_encoding(setup, monkeypatch):
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(ef.shutil, "disk_usage", lambda path: usage(10**6, 10**6 - 1000, 1000))

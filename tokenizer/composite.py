@@ -18,6 +18,10 @@ on the latent grid row-major (SFD's einops 'b (h w) d -> b d h w'). Images large
 256 px at f16 are cut into tiles of a 16 x 16 token grid each, encoded separately and put back in
 place, which is SFD's 512 px rule (2 x 2 tiles of 256 px); a grid of at most 16 is one tile.
 
+Besides SFD's DINOv2-with-registers encoders, `dino_model_name: toy_classifier` names the demo's
+download-free semantic encoder (`ToyFeatureEncoder`: the toy classifier's feature map on the
+latent grid, its checkpoint as `dino_weights`), which tools/sfd_study.py uses.
+
 Paths: SFD's YAML names files in SFD's layout (`tokenizer/configs/...`); a path that does not
 exist as given is looked up at this repository's place for the same file (`configs/tokenizer/...`).
 """
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
+import torch.nn as nn
 from omegaconf import OmegaConf
 
 from tokenizer.foundation import FOUNDATION_MODELS, FoundationModel, semantic_latent_view
@@ -40,7 +45,40 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SFD_CONFIG_DIR, OUR_CONFIG_DIR = "tokenizer/configs/", "configs/tokenizer/"
 TILE_GRID = 16          # tokens per side that SFD's encoder sees at once (224 px at patch 14)
-SEMANTIC_ENCODERS = tuple(k for k in FOUNDATION_MODELS if k.startswith("dinov2_") and k.endswith("_reg"))
+TOY_ENCODER = "toy_classifier"
+SEMANTIC_ENCODERS = tuple(k for k in FOUNDATION_MODELS if k.startswith("dinov2_") and k.endswith("_reg")) \
+    + (TOY_ENCODER,)
+
+
+class ToyFeatureEncoder(nn.Module):
+    """The demo's semantic encoder: a toy classifier (evaluation/toy_classifier.py) trained on the
+    same images, read after its second stride-2 stage (stride 4: the demo tokenizer's f4 grid).
+
+    Input: the ADM-cropped [-1, 1] image itself (the classifier's own input); tokens: the stage's
+    channels at each grid position, row-major. Frozen, eval mode (its BatchNorm uses running stats).
+    """
+
+    STAGES = 2
+
+    def __init__(self, classifier: nn.Module):
+        super().__init__()
+        self.stem = classifier.features[: 3 * self.STAGES]      # (conv, BatchNorm, ReLU) per stage
+        self.feature_dim = int(self.stem[-3].out_channels)
+        self.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "ToyFeatureEncoder":
+        return super().train(False)
+
+    @torch.no_grad()
+    def grid_tokens(self, images: torch.Tensor, grid: int) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> (B, grid * grid, D); the map's grid must be the latent grid."""
+        x = self.stem(images)
+        if x.shape[-2:] != (grid, grid):
+            raise ValueError(f"{TOY_ENCODER}: a {images.shape[-2]}x{images.shape[-1]} image gives a "
+                             f"{x.shape[-2]}x{x.shape[-1]} feature map (stride {2 ** self.STAGES}), the latent "
+                             f"grid is {grid}x{grid}")
+        return x.flatten(2).transpose(1, 2)
 
 
 @dataclass(frozen=True)
@@ -104,12 +142,29 @@ def read_semvae_block(config_path: str | os.PathLike) -> Optional[SemVAEBlock]:
 
 
 def load_encoder(name: str, weights: Optional[str], device: torch.device | str, *, random_init: bool = False,
-                 model_kwargs: Optional[Mapping[str, Any]] = None) -> FoundationModel:
-    """A frozen DINOv2-with-registers encoder (SFD's `dinov2_vit*14_reg`), eval mode, on `device`."""
+                 model_kwargs: Optional[Mapping[str, Any]] = None) -> nn.Module:
+    """A frozen semantic / REPA encoder, eval mode, on `device`: SFD's DINOv2-with-registers
+    (`dinov2_vit*14_reg`, timm weights file) or the demo's `toy_classifier` (its checkpoint)."""
     if name not in SEMANTIC_ENCODERS:
         raise ValueError(f"unknown semantic / REPA encoder {name!r} (expected one of {SEMANTIC_ENCODERS})")
+    if name == TOY_ENCODER:
+        from evaluation.toy_classifier import ToyClassifier, load_classifier
+
+        if weights:
+            return ToyFeatureEncoder(load_classifier(weights)).to(device)
+        if not random_init:
+            raise FileNotFoundError(f"{TOY_ENCODER}: no weights (the checkpoint of `python -m "
+                                    "evaluation.toy_classifier train`)")
+        return ToyFeatureEncoder(ToyClassifier(**dict(model_kwargs or {}))).to(device)
     return FoundationModel(name, weights=weights, model_kwargs=model_kwargs,
                            random_init=random_init and not weights).to(device)
+
+
+def encoder_tokens(encoder: nn.Module, images: torch.Tensor, grid: int) -> torch.Tensor:
+    """An encoder's tokens on the latent grid, (B * tiles^2, L, D) (`tokens_to_grid` lays them out)."""
+    if isinstance(encoder, ToyFeatureEncoder):
+        return encoder.grid_tokens(images, grid)
+    return grid_tokens(encoder, images, grid)
 
 
 def load_block_semvae(block: SemVAEBlock, feature_dim: int, device: torch.device | str) -> SemanticVAE:

@@ -40,12 +40,17 @@ def check_training_inputs(cfg) -> None:
 
 
 def check_repa_grid(cfg, shards: LatentShards) -> None:
-    """REPA compares the model's tokens one to one with the target's h x w feature vectors."""
+    """REPA compares the model's tokens one to one with the target's h x w feature vectors, each
+    as wide as the projector's output (the width of model.repa_dino_version's features)."""
     import torch
 
     with torch.device("meta"):  # the token count without allocating weights
-        tokens = build_model(cfg).pos_embed.shape[1]
+        model = build_model(cfg)
+    tokens, width = model.pos_embed.shape[1], model.repa_projector[-1].out_features
     dim, h, w = require_repa_target(shards)
+    if dim != width:
+        raise ValueError(f"{shards.files[0]}: REPA targets feats_dino are {dim} wide, model.repa_dino_version "
+                         f"{cfg.model.repa_dino_version!r} projects to {width}")
     if h * w != tokens:
         raise ValueError(f"{shards.files[0]}: REPA targets feats_dino of {h}x{w} = {h * w} positions, "
                          f"the model has {tokens} tokens (model.model_type / model.patch_size, "

@@ -144,6 +144,8 @@ DOOR = {
                               "data.latent_sv_norm=false",
                               "data.data_path=PLAIN"], "model.use_repa needs REPA targets"),
     "repa grid": (["model.patch_size=2"], "REPA targets feats_dino of 4x4 = 16 positions, the model has 4 tokens"),
+    "repa width": (["model.repa_dino_version=dinov2_vitb14_reg"],
+                   "REPA targets feats_dino are 384 wide, model.repa_dino_version 'dinov2_vitb14_reg' projects to 768"),
 }
 
 
