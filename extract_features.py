@@ -169,6 +169,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be positive, got {getattr(args, name)}")
     if args.max_images is not None and args.max_images <= 0:
         p.error(f"--max-images must be positive, got {args.max_images}")
+    if args.repa_grid is not None and args.repa_grid <= 0:
+        p.error(f"--repa-grid must be positive, got {args.repa_grid}")
     return args
 
 
