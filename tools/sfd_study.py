@@ -3,7 +3,7 @@ SFD (delta 0.3), with an optional delta sweep, trained at equal steps from one l
 judged by the demo's toy classifier (and the ADM FID when Inception weights are given).
 
     bash run_demo.sh                                        # toy data, tokenizer, classifier
-    python tools/sfd_study.py --demo-out demo_output        # ~35 min on 2 CPU cores
+    python tools/sfd_study.py --demo-out demo_output        # ~1 h on 2 CPU cores (2 seeds)
     python tools/sfd_study.py --demo-out demo_output --plot-only   # redraw docs/sfd_study/ from its summary
 
 Writes its work under DEMO_OUT/sfd_study/ and the result to --out (docs/sfd_study/: sfd_study.png
@@ -22,15 +22,18 @@ and summary.json). Every stage is a real command of the repository and resumes o
    extracts them), Semantic VAE latents and the encoder's tokens as REPA targets, with flips; the
    demo network has patch 2 (4 x 4 tokens), so the REPA targets are 2 x 2 means (--repa-grid 4);
 4. training (run_train.sh) of every variant on configs/demo/lightningdit.yaml (same network,
-   batch, optimizer, steps, seed): REPA on block 1 of 4 with a 256-wide projector (SFD's 2048 is
-   for D = 1152), SFD's semantic weight 2 (balances 4 texture vs 2 semantic channels);
-5. evaluation of the EMA every --eval-every steps: --eval-num class-balanced samples from fixed
-   noise, Euler with --sample-steps evaluations over [0, 1 + delta], no guidance (SFD's Table 1),
+   batch, optimizer, steps), once per training seed (--seeds: the initial weights, the data order
+   and the training noise): REPA on block 1 of 4 with a 256-wide projector (SFD's 2048 is for
+   D = 1152), SFD's semantic weight 2 (balances 4 texture vs 2 semantic channels);
+5. evaluation of the EMA every --eval-every steps: --eval-num class-balanced samples from noise
+   fixed for every run (seed 0), Euler with --sample-steps evaluations over [0, 1 + delta], no
+   guidance (SFD's Table 1),
    decoded by the demo tokenizer (texture channels), classified by the demo's classifier
    (accuracy = fraction classified as the class they were sampled for); with
    $ADM_INCEPTION_WEIGHTS and DEMO_OUT/toy_val_reference.npz also the FID;
-6. one figure, accuracy against training steps and against training seconds (equal compute:
-   REPA's projector and SFD's extra channels cost time), and summary.json.
+6. one figure, the mean over seeds (band: min to max) of the accuracy against training steps and
+   against training seconds (equal compute: REPA's projector and SFD's extra channels cost time),
+   and summary.json (every seed's numbers).
 """
 from __future__ import annotations
 
@@ -57,6 +60,7 @@ SEM = [f"model.in_chans={4 + SEMANTIC_CHANS}", f"model.semantic_chans={SEMANTIC_
 REPA = ["model.use_repa=true", f"model.repa_dino_version={ENCODER}", "model.repa_feat_depth=1",
         "model.repa_projector_dim=256"]
 ENCODER_SEED = 1
+EVAL_SEED = 0           # the evaluation's noise and labels: the same for every run
 REPA_GRID = 4           # the demo network's tokens: 8 x 8 latents at patch 2 (REPA targets: 2 x 2 means)
 
 logger = logging.getLogger("sfd_study")
@@ -195,18 +199,22 @@ def extract(demo: Path, work: Path, encoder_path: Path, semvae: Path) -> Path:
 # Stages 4-5: training and evaluation
 # ------------------------------------------------------------------------------------------------
 
-def config_overrides(demo: Path, work: Path, name: str, variant: dict, args) -> List[str]:
+def runs_dir(work: Path, seed: int) -> Path:
+    return work / ("runs" if seed == 0 else f"runs_seed{seed}")
+
+
+def config_overrides(demo: Path, work: Path, name: str, variant: dict, seed: int, args) -> List[str]:
     return [f"data.data_path={work / 'latents'}", f"vae.config_path={demo / 'tokenizer/export/vavae.yaml'}",
-            f"train.output_dir={work / 'runs'}", f"train.exp_name={name}", f"train.max_steps={args.steps}",
+            f"train.output_dir={runs_dir(work, seed)}", f"train.exp_name={name}", f"train.max_steps={args.steps}",
             f"train.ckpt_every={args.eval_every}", f"train.log_every={args.log_every}", "train.resume=true",
-            f"train.global_seed={args.seed}", *variant["overrides"]]
+            f"train.global_seed={seed}", *variant["overrides"]]
 
 
-def train_variant(demo: Path, work: Path, name: str, variant: dict, args) -> Path:
-    exp = work / "runs" / name
+def train_variant(demo: Path, work: Path, name: str, variant: dict, seed: int, args) -> Path:
+    exp = runs_dir(work, seed) / name
     if not (exp / "checkpoints" / f"{args.steps:07d}.pt").is_file():
-        run(["bash", "run_train.sh", str(DEMO_CONFIG), *config_overrides(demo, work, name, variant, args)],
-            work / f"train_{name}.log")
+        run(["bash", "run_train.sh", str(DEMO_CONFIG), *config_overrides(demo, work, name, variant, seed, args)],
+            work / f"train_{name}_seed{seed}.log")
     return exp
 
 
@@ -250,8 +258,9 @@ class Judge:
 
 
 @torch.no_grad()
-def evaluate(demo: Path, work: Path, name: str, variant: dict, step: int, args, judge: Judge) -> dict:
-    """Samples of the EMA at `step` (fixed noise and class-balanced labels), judged."""
+def evaluate(demo: Path, work: Path, name: str, variant: dict, seed: int, step: int, args, judge: Judge) -> dict:
+    """Samples of the EMA at `step` of the run of training seed `seed` (noise and class-balanced
+    labels of EVAL_SEED), judged."""
     from configs.schema import load_config
     from datasets.img_latent_dataset import normalizer_from_config
     from datasets.order import sample_labels, sample_noise
@@ -261,21 +270,22 @@ def evaluate(demo: Path, work: Path, name: str, variant: dict, step: int, args, 
     from sampling.pipeline import LatentSampler
     from tokenizer.factory import load_tokenizer
 
-    cfg = load_config(str(DEMO_CONFIG), config_overrides(demo, work, name, variant, args) + [
+    cfg = load_config(str(DEMO_CONFIG), config_overrides(demo, work, name, variant, seed, args) + [
         "sample.mode=ODE", "sample.sampling_method=euler", f"sample.num_sampling_steps={args.sample_steps}",
         "sample.cfg_scale=1.0", "sample.timestep_shift=0.0", "sample.precision=fp32"])
     model = build_model(cfg, training=False).eval()
-    load_lightningdit_checkpoint(work / "runs" / name / "checkpoints" / f"{step:07d}.pt", model, prefer_ema=True)
+    load_lightningdit_checkpoint(runs_dir(work, seed) / name / "checkpoints" / f"{step:07d}.pt", model,
+                                 prefer_ema=True)
     select_kernels(model)
     sampler = LatentSampler(cfg, model)
     normalizer = normalizer_from_config(cfg)
     vae = load_tokenizer(cfg.vae.config_path, img_size=32, fp16=False, device="cpu")
     n = args.eval_num
-    labels = sample_labels(range(n), 10, args.seed, "balanced", total=n)
+    labels = sample_labels(range(n), 10, EVAL_SEED, "balanced", total=n)
     images = []
     for lo in range(0, n, 100):
         idx = range(lo, min(n, lo + 100))
-        z = sample_noise(idx, (cfg.model.in_chans, 8, 8), args.seed)
+        z = sample_noise(idx, (cfg.model.in_chans, 8, 8), EVAL_SEED)
         images.append(vae.decode_to_images(normalizer.denormalize(sampler(z, labels[lo: lo + len(idx)]))))
     return judge(np.concatenate(images), labels)
 
@@ -296,21 +306,42 @@ def plot(summary: dict, path: Path) -> None:
             ax = axes[m][k]
             for name, result in summary["variants"].items():
                 rows = [r for r in result["evaluations"] if metric in r]
-                ax.plot([r[xkey] for r in rows], [r[metric] for r in rows], marker="o", ms=3,
-                        label=result["label"], lw=2.2 if name == "sfd_delta0.3" else 1.3)
+                x = [r[xkey] for r in rows]
+                line, = ax.plot(x, [r[metric] for r in rows], marker="o", ms=3, label=result["label"],
+                                lw=2.2 if name == "sfd_delta0.3" else 1.3)
+                if len(summary["seeds"]) > 1:
+                    ax.fill_between(x, [r[f"{metric}_min"] for r in rows], [r[f"{metric}_max"] for r in rows],
+                                    color=line.get_color(), alpha=0.12)
             if metric == "accuracy":
                 ax.axhline(summary["classifier_val_accuracy"], ls="--", c="gray", lw=0.8, label="real val images")
                 ax.axhline(0.1, ls=":", c="gray", lw=0.8, label="chance")
                 ax.set_ylim(0, 1.02)
-            ax.set_xlabel("training steps" if xkey == "step" else "training seconds (2 CPU cores)")
+            ax.set_xlabel("training steps" if xkey == "step" else "training seconds (2 CPU cores, mean over seeds)")
             ax.set_ylabel("classifier accuracy of samples" if metric == "accuracy" else "FID vs toy val")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"SFD study on the toy data: {summary['eval_num']} class-balanced samples per point, "
-                 f"Euler {summary['sample_steps']}, no guidance", fontsize=10)
+    seeds = summary["seeds"]
+    fig.suptitle(f"SFD study on the toy data: mean of {len(seeds)} training seed(s)"
+                 f"{' (band: min-max)' if len(seeds) > 1 else ''}, {summary['eval_num']} class-balanced samples "
+                 f"per point, Euler {summary['sample_steps']}, no guidance", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def mean_over_seeds(per_seed: Dict[int, List[dict]]) -> List[dict]:
+    """Per step: the mean of every metric over the seeds, with its min and max."""
+    out = []
+    for rows in zip(*per_seed.values()):
+        row = {"step": rows[0]["step"]}
+        for key in rows[0]:
+            if key != "step":
+                values = [r[key] for r in rows]
+                row[key] = round(float(np.mean(values)), 4)
+                if key != "seconds":
+                    row[f"{key}_min"], row[f"{key}_max"] = min(values), max(values)
+        out.append(row)
+    return out
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -325,10 +356,13 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--deltas", default="0.1,0.6", help="extra SFD deltas (comma-separated; '' for none)")
     p.add_argument("--encoder-epochs", type=int, default=6)
     p.add_argument("--semvae-iterations", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", default="0,1", help="training seeds (comma-separated)")
     p.add_argument("--plot-only", action="store_true", help="redraw the figure from --out/summary.json")
     args = p.parse_args(argv)
     args.delta_list = [float(d) for d in args.deltas.split(",") if d.strip()]
+    args.seed_list = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if not args.seed_list:
+        p.error("--seeds: at least one training seed")
     if args.steps % args.eval_every:
         p.error(f"--steps {args.steps} must be a multiple of --eval-every {args.eval_every}")
     return args
@@ -368,28 +402,34 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     results = {}
     for name, variant in variants(args.delta_list).items():
-        exp = stage(f"train_{name}", train_variant, demo, work, name, variant, args)
-        seconds = training_seconds(exp)
-        rows = []
-        t0 = time.time()
-        for step in range(args.eval_every, args.steps + 1, args.eval_every):
-            key = f"{name}/{step}/{args.eval_num}/{args.sample_steps}/{args.seed}"
-            if key not in cache:
-                cache[key] = evaluate(demo, work, name, variant, step, args, judge)
-                cache_path.write_text(json.dumps(cache, indent=1))
-            rows.append({"step": step, "seconds": round(seconds.get(step, float("nan")), 1), **cache[key]})
-            logger.info("%s step %d: %s", name, step, cache[key])
-        stage_seconds[f"eval_{name}"] = round(time.time() - t0, 1)
+        per_seed: Dict[int, List[dict]] = {}
+        speeds = []
+        for seed in args.seed_list:
+            exp = stage(f"train_{name}_seed{seed}", train_variant, demo, work, name, variant, seed, args)
+            seconds = training_seconds(exp)
+            speeds.append(args.steps / max(seconds.values()))
+            t0, rows = time.time(), []
+            for step in range(args.eval_every, args.steps + 1, args.eval_every):
+                key = f"{name}/{step}/{args.eval_num}/{args.sample_steps}/{seed}"
+                if key not in cache:
+                    cache[key] = evaluate(demo, work, name, variant, seed, step, args, judge)
+                    cache_path.write_text(json.dumps(cache, indent=1))
+                rows.append({"step": step, "seconds": round(seconds.get(step, float("nan")), 1), **cache[key]})
+                logger.info("%s seed %d step %d: %s", name, seed, step, cache[key])
+            stage_seconds[f"eval_{name}_seed{seed}"] = round(time.time() - t0, 1)
+            per_seed[seed] = rows
         results[name] = {"label": variant["label"], "delta": variant["delta"], "overrides": variant["overrides"],
-                         "evaluations": rows, "steps_per_sec": round(args.steps / max(seconds.values()), 2)}
+                         "evaluations": mean_over_seeds(per_seed), "per_seed": {str(k): v for k, v in per_seed.items()},
+                         "steps_per_sec": round(float(np.mean(speeds)), 2)}
     clf = torch.load(demo / "classifier.pt", map_location="cpu", weights_only=False)
     enc = torch.load(encoder, map_location="cpu", weights_only=False)
     summary = {
         "command": f"python tools/sfd_study.py --demo-out DEMO_OUT --steps {args.steps} --eval-every {args.eval_every} "
-                   f"--eval-num {args.eval_num} --sample-steps {args.sample_steps} --deltas '{args.deltas}'",
+                   f"--eval-num {args.eval_num} --sample-steps {args.sample_steps} --deltas '{args.deltas}' "
+                   f"--seeds '{args.seeds}'",
         "plot_command": "python tools/sfd_study.py --plot-only",
         "steps": args.steps, "eval_every": args.eval_every, "eval_num": args.eval_num,
-        "sample_steps": args.sample_steps, "seed": args.seed,
+        "sample_steps": args.sample_steps, "seeds": args.seed_list, "eval_seed": EVAL_SEED,
         "classifier_val_accuracy": clf["metrics"].get("val_accuracy"),
         "semantic_encoder": {"name": ENCODER, "seed": ENCODER_SEED, "val_accuracy": enc["metrics"].get("val_accuracy"),
                              "feature_map": "stage 2 of 4 (stride 4): 8 x 8 x 64", "semantic_channels": SEMANTIC_CHANS},

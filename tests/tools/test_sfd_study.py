@@ -41,7 +41,7 @@ def demo(tmp_path_factory):
 
 
 ARGS = ["--steps", "8", "--eval-every", "4", "--eval-num", "20", "--sample-steps", "3", "--log-every", "4",
-        "--deltas", "0.6", "--encoder-epochs", "1", "--semvae-iterations", "6"]
+        "--deltas", "0.6", "--encoder-epochs", "1", "--semvae-iterations", "6", "--seeds", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +69,7 @@ def test_every_variant_trained_and_judged(demo, study):
                 ckpt["config"]["train"]["global_seed"], ckpt["config"]["data"]["data_path"]) == \
             (128, 4, 2, 64, 0, str(demo / "sfd_study/latents"))
     assert summary["fid_available"] is False and summary["semantic_encoder"]["seed"] == 1
+    assert summary["seeds"] == [0] and list(summary["variants"]["lightningdit"]["per_seed"]) == ["0"]
     assert (out / "sfd_study.png").stat().st_size > 10000
     assert json.loads((out / "summary.json").read_text()) == summary
 
@@ -103,3 +104,11 @@ def test_training_seconds_sum_the_log_windows(tmp_path):
     rows = [{"step": 4, "steps_per_sec": 2.0}, {"step": 8, "steps_per_sec": 4.0}, {"step": 8, "eval_fid": 1.0}]
     (tmp_path / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     assert sfd_study.training_seconds(tmp_path) == {4: 2.0, 8: 3.0}
+
+
+def test_mean_over_seeds():
+    per_seed = {0: [{"step": 4, "seconds": 1.0, "accuracy": 0.2}, {"step": 8, "seconds": 2.0, "accuracy": 0.5}],
+                1: [{"step": 4, "seconds": 3.0, "accuracy": 0.4}, {"step": 8, "seconds": 4.0, "accuracy": 0.9}]}
+    assert sfd_study.mean_over_seeds(per_seed) == [
+        {"step": 4, "seconds": 2.0, "accuracy": 0.3, "accuracy_min": 0.2, "accuracy_max": 0.4},
+        {"step": 8, "seconds": 3.0, "accuracy": 0.7, "accuracy_min": 0.5, "accuracy_max": 0.9}]
