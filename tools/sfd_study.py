@@ -32,8 +32,10 @@ and summary.json). Every stage is a real command of the repository and resumes o
    (accuracy = fraction classified as the class they were sampled for); with
    $ADM_INCEPTION_WEIGHTS and DEMO_OUT/toy_val_reference.npz also the FID;
 6. one figure, the mean over seeds (band: min to max) of the accuracy against training steps and
-   against training seconds (equal compute: REPA's projector and SFD's extra channels cost time),
-   and summary.json (every seed's numbers).
+   against training compute (equal compute: REPA's projector and SFD's extra channels cost FLOPs;
+   counted by torch's FlopCounterMode over one training step, forward and backward, since wall
+   seconds on a shared machine measure its load), and summary.json (every seed's numbers, the
+   measured steps per second too).
 """
 from __future__ import annotations
 
@@ -218,6 +220,27 @@ def train_variant(demo: Path, work: Path, name: str, variant: dict, seed: int, a
     return exp
 
 
+def train_step_flops(demo: Path, work: Path, name: str, variant: dict, args) -> int:
+    """FLOPs of one training step of the variant (the global batch, forward and backward, REPA's
+    projector included), counted on the plain modules (torch.utils.flop_counter)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from configs.schema import load_config
+    from models.build import build_model
+    from models.kernels import use_plain_modules
+    from transport import build_transport
+
+    cfg = load_config(str(DEMO_CONFIG), config_overrides(demo, work, name, variant, 0, args))
+    model = use_plain_modules(build_model(cfg, training=True)).train()
+    b, g = cfg.train.global_batch_size, 8
+    x, y = torch.randn(b, cfg.model.in_chans, g, g), torch.randint(0, cfg.data.num_classes, (b,))
+    extras = {"repa_target": torch.randn(b, 64, REPA_GRID, REPA_GRID)} if cfg.model.use_repa else {}
+    with FlopCounterMode(display=False) as counter:
+        out = build_transport(cfg).training_losses(model, x, dict(y=y), **extras)
+        sum(v.mean() for k, v in out.items() if k.endswith("loss")).backward()
+    return int(counter.get_total_flops())
+
+
 def training_seconds(exp: Path) -> Dict[int, float]:
     """Cumulative training seconds at each logged step (log windows' steps / steps_per_sec: the
     optimizer steps themselves, not start-up, checkpoints or evaluation)."""
@@ -302,11 +325,11 @@ def plot(summary: dict, path: Path) -> None:
     metrics = ["accuracy"] + (["fid"] if summary.get("fid_available") else [])
     fig, axes = plt.subplots(len(metrics), 2, figsize=(11, 4.2 * len(metrics)), squeeze=False)
     for m, metric in enumerate(metrics):
-        for k, xkey in enumerate(("step", "seconds")):
+        for k, xkey in enumerate(("step", "compute")):
             ax = axes[m][k]
             for name, result in summary["variants"].items():
                 rows = [r for r in result["evaluations"] if metric in r]
-                x = [r[xkey] for r in rows]
+                x = [r["step"] * (1 if xkey == "step" else result["train_flops_per_step"] / 1e12) for r in rows]
                 line, = ax.plot(x, [r[metric] for r in rows], marker="o", ms=3, label=result["label"],
                                 lw=2.2 if name == "sfd_delta0.3" else 1.3)
                 if len(summary["seeds"]) > 1:
@@ -316,7 +339,7 @@ def plot(summary: dict, path: Path) -> None:
                 ax.axhline(summary["classifier_val_accuracy"], ls="--", c="gray", lw=0.8, label="real val images")
                 ax.axhline(0.1, ls=":", c="gray", lw=0.8, label="chance")
                 ax.set_ylim(0, 1.02)
-            ax.set_xlabel("training steps" if xkey == "step" else "training seconds (2 CPU cores, mean over seeds)")
+            ax.set_xlabel("training steps" if xkey == "step" else "training compute (TFLOP, forward + backward)")
             ax.set_ylabel("classifier accuracy of samples" if metric == "accuracy" else "FID vs toy val")
             ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
@@ -420,7 +443,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             per_seed[seed] = rows
         results[name] = {"label": variant["label"], "delta": variant["delta"], "overrides": variant["overrides"],
                          "evaluations": mean_over_seeds(per_seed), "per_seed": {str(k): v for k, v in per_seed.items()},
-                         "steps_per_sec": round(float(np.mean(speeds)), 2)}
+                         "steps_per_sec": round(float(np.mean(speeds)), 2),
+                         "train_flops_per_step": train_step_flops(demo, work, name, variant, args)}
     clf = torch.load(demo / "classifier.pt", map_location="cpu", weights_only=False)
     enc = torch.load(encoder, map_location="cpu", weights_only=False)
     summary = {
@@ -443,8 +467,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     for name, result in results.items():
         last = result["evaluations"][-1]
         best = max(result["evaluations"], key=lambda r: r["accuracy"])
-        logger.info("%-34s accuracy at %d steps %.3f (best %.3f at %d), %.1f steps/s", result["label"], last["step"],
-                    last["accuracy"], best["accuracy"], best["step"], result["steps_per_sec"])
+        logger.info("%-34s accuracy at %d steps %.3f (best %.3f at %d), %.2f GFLOP per step", result["label"],
+                    last["step"], last["accuracy"], best["accuracy"], best["step"], result["train_flops_per_step"] / 1e9)
     logger.info("wrote %s and %s", out / "summary.json", out / "sfd_study.png")
     return summary
 

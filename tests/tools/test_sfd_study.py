@@ -70,6 +70,11 @@ def test_every_variant_trained_and_judged(demo, study):
             (128, 4, 2, 64, 0, str(demo / "sfd_study/latents"))
     assert summary["fid_available"] is False and summary["semantic_encoder"]["seed"] == 1
     assert summary["seeds"] == [0] and list(summary["variants"]["lightningdit"]["per_seed"]) == ["0"]
+    flops = {name: r["train_flops_per_step"] for name, r in summary["variants"].items()}
+    # REPA's projector and the semantic channels cost compute; delta does not
+    assert flops["lightningdit"] < flops["lightningdit_repa"] < flops["composite_delta0"]
+    assert flops["sfd_delta0.3"] == flops["sfd_delta0.6"]
+    assert abs(flops["composite_delta0"] / flops["sfd_delta0.3"] - 1) < 0.01    # one vs two time embedders
     assert (out / "sfd_study.png").stat().st_size > 10000
     assert json.loads((out / "summary.json").read_text()) == summary
 
