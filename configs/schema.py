@@ -102,6 +102,7 @@ class ModelConfig:
     use_repa: bool = False                       # REPA projector + loss against pre-extracted features
     repa_dino_version: Optional[str] = None      # the REPA target encoder (its width sets the projector)
     repa_feat_depth: Optional[int] = None        # REPA on the output of this block (1-based)
+    repa_projector_dim: int = 2048               # ours: the REPA projector's hidden width (SFD's constant)
     repa_weight: float = 1.0
     repa_mode: str = "cos"                       # cos | mse | cos_mse
     semfirst_infer_interval_mode: str = "both"   # which parts the CFG interval applies to: tex | sem | both
@@ -336,9 +337,9 @@ _RANGES = {
     "sample.cfg_scale": NON_NEGATIVE,
     "sample.cfg_interval_start": UNIT, "sample.timestep_shift": NON_NEGATIVE,
     "sample.diffusion_norm": NON_NEGATIVE, "sample.last_step_size": Range(0.0, 1.0, True, True),
-    "model.semantic_chans": Range(0, MAX_CHANNELS), "model.semfirst_delta_t": Range(0.0, 1.0, high_open=True),
+    "model.semantic_chans": Range(0, MAX_CHANNELS), "model.semfirst_delta_t": Range(0.0, 1.0),
     "model.semantic_weight": NON_NEGATIVE, "model.repa_feat_depth": up_to(MAX_LAYERS),
-    "model.repa_weight": NON_NEGATIVE,
+    "model.repa_projector_dim": up_to(MAX_WIDTH), "model.repa_weight": NON_NEGATIVE,
     "sample.cfg_scale_sem": NON_NEGATIVE, "sample.cfg_scale_tex": NON_NEGATIVE,
     "sample.autoguidance_ckpt_iter": POSITIVE,
 }

@@ -44,8 +44,9 @@ def build_model(cfg, training: bool = True) -> nn.Module:
     As the reference: in_channels = model.in_chans, input_size = latent_size(cfg). Gradient
     checkpointing (`model.use_checkpoint`) only when training. `model.hidden_size/depth/
     num_heads/patch_size`, when set, replace the registry entry's values (tiny CPU models).
-    SFD's keys: model.semantic_chans, semfirst_delta_t, use_repa, repa_dino_version and
-    repa_feat_depth (the constructor's repa_depth); a bad combination is a ValueError naming them.
+    SFD's keys: model.semantic_chans, semfirst_delta_t, use_repa, repa_dino_version,
+    repa_feat_depth (the constructor's repa_depth) and repa_projector_dim; a bad combination is a
+    ValueError naming them.
     """
     m = cfg.model
     if m.model_type not in LightningDiT_sizes:
@@ -59,5 +60,5 @@ def build_model(cfg, training: bool = True) -> nn.Module:
         use_swiglu=m.use_swiglu, use_rope=m.use_rope, use_rmsnorm=m.use_rmsnorm, wo_shift=m.wo_shift,
         use_checkpoint=bool(m.use_checkpoint and training), semantic_chans=m.semantic_chans,
         semfirst_delta_t=m.semfirst_delta_t, use_repa=m.use_repa, repa_dino_version=m.repa_dino_version,
-        repa_depth=m.repa_feat_depth, **sizes)
+        repa_depth=m.repa_feat_depth, repa_projector_dim=m.repa_projector_dim, **sizes)
     return select_kernels(model)

@@ -29,6 +29,7 @@ REPA_FEATURE_DIMS: Dict[str, int] = {
     "dinov2_vits14": 384, "dinov2_vits14_reg": 384, "dinov2_vitb14": 768, "dinov2_vitb14_reg": 768,
     "dinov2_vitl14": 1024, "dinov2_vitl14_reg": 1024, "mae_base": 768, "mae_large": 1024,
     "clip_vit_base_patch16": 768, "clip_vit_large_patch14": 1024, "siglip_base_patch16_224": 768,
+    "toy_classifier": 64,   # ours: the demo's download-free encoder (tokenizer/composite.py: ToyFeatureEncoder)
 }
 
 Times = Union[torch.Tensor, Sequence[torch.Tensor]]

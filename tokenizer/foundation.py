@@ -22,7 +22,7 @@ gives these two [inferred choices]:
   1024 px input (its absolute and relative position tables are trained at that size) and the
   neck's (256, 64, 64) image embedding is area-averaged to the latent grid (64 -> 16: 4 x 4 means).
 
-SFD's semantic encoders (`dinov2_vit{s,b,l,g}14_reg`, docs/reference_behaviour.md, SFD part §1.1):
+SFD's semantic encoders (`dinov2_vit{s,b,l,g}14_reg`, docs/reference_behaviour.md, §12.1.1):
 DINOv2 with 4 registers (`vit_*_patch14_reg4_dinov2`). SFD reads the final normalised patch tokens
 (class and register tokens dropped: 256 x 768 for a 224 px input to the B/14) through `tokens`,
 after one of its two views: `semvae_training_view` (raw image: resize 256 bicubic, crop 224; the
@@ -264,7 +264,7 @@ class FoundationModel(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
-# SFD's two input views of the semantic encoder (docs/reference_behaviour.md, SFD part §1.1)
+# SFD's two input views of the semantic encoder (docs/reference_behaviour.md, §12.1.1)
 # ------------------------------------------------------------------------------------------------
 
 def semvae_training_view(resize: int = 256, crop: int = 224) -> Callable:

@@ -1,6 +1,6 @@
 """SFD's Semantic VAE: compresses frozen DINOv2 patch tokens (B, L, D) token-wise to (B, L, b).
 
-Follows docs/reference_behaviour.md, SFD part §1.2-1.3 (SFD `tokenizer/semvae/models/vae.py`,
+Follows docs/reference_behaviour.md, §12.1.2-12.1.3 (SFD `tokenizer/semvae/models/vae.py`,
 `tokenizer/semvae/train.py`). The released model (`configs/tokenizer/semvae_train/ch16.yaml`) is
 the variational `transformer` arch: D = 768 DINOv2-B/14-reg tokens, hidden 768, 6 heads, 4 + 4
 pre-LN blocks, bottleneck b = 16; no positional embedding (the tokens carry their positions).

@@ -1,6 +1,6 @@
 """Schema of SFD's Semantic VAE training YAMLs (`configs/tokenizer/semvae_train/*.yaml`).
 
-SFD's layout loads unchanged (docs/reference_behaviour.md, SFD part §1.3; SFD
+SFD's layout loads unchanged (docs/reference_behaviour.md, §12.1.3; SFD
 `tokenizer/configs/semvae_train/ch16.yaml`): a free `variables:` section whose values the others
 reference as `${variables.x}`, then `model` (variational, bottleneck_dim, arch, params), `data`
 (the pre-extracted training features) and `training` (precision, length, optimizer, scheduler,

@@ -9,6 +9,12 @@ Reads every `*.json` under the given folders that one of our scripts wrote:
 - latent uniformity (tools/latent_vis.py: {name: {density_cv, gini, normalized_entropy}}) -> Table 6.
 Other JSON files are skipped.
 
+After them, SFD's tables (Semantic-First Diffusion): Table 1 (LightningDiT, + REPA, + SFD at B/1,
+L/1, XL/1 over training steps), Table 2's SFD rows (AutoGuidance) and the delta-t ablation, fed by
+the configs of configs/sfd/paper/ (each cell by its config stem and, where a row spans several
+training steps, the checkpoint step that inference.py writes into the sample folder's name,
+`...-ckpt-0400000-...`).
+
 Row mapping: every table row is fed by runs named after our config stems (`known_runs()`):
 a tokenizer row by its tokenizer config (`f16d32_vfdinov2`), a gFID cell by its LightningDiT
 config (`lightningdit_b_f16d32_vfdinov2`). A result belongs to the first of these names found in
@@ -25,6 +31,7 @@ import argparse
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
@@ -52,6 +59,7 @@ class Result:
     values: Dict[str, object]
     path: str
     mtime: float
+    step: Optional[int] = None      # the sampled checkpoint's step, when the file's name says it
 
 
 #################################################################################
@@ -114,6 +122,46 @@ TABLE6 = [  # (spec, VF model, tokenizer run, density, Gini, entropy, gFID (B))
 ]
 SIZES = ("b", "l", "xl")
 
+# SFD (configs/sfd/paper/): Table 1, FID-50K without guidance per training step.
+SFD_STEPS = (70000, 120000, 400000, 1000000, 2000000, 4000000)
+SFD_TABLE1 = [  # (model, run = config stem, {step: FID-50K})
+    ("LightningDiT-B/1", "sfd_t1_lightningdit_b1", {400000: 22.86}),
+    ("LightningDiT-B/1 + REPA", "sfd_t1_lightningdit_b1_repa", {400000: 21.45}),
+    ("LightningDiT-B/1 + SFD", "sfd_t1_sfd_b1", {400000: 10.40}),
+    ("LightningDiT-L/1", "sfd_t1_lightningdit_l1", {400000: 10.08}),
+    ("LightningDiT-L/1 + REPA", "sfd_t1_lightningdit_l1_repa", {400000: 7.48}),
+    ("LightningDiT-L/1 + SFD", "sfd_t1_sfd_l1", {400000: 3.89}),
+    ("LightningDiT-XL/1", "sfd_t1_lightningdit_xl1", {400000: 9.29, 1000000: 7.48, 2000000: 6.88, 4000000: 6.50}),
+    ("LightningDiT-XL/1 + REPA", "sfd_t1_lightningdit_xl1_repa",
+     {400000: 6.94, 1000000: 6.17, 2000000: 5.87, 4000000: 5.84}),
+    ("LightningDiT-XL/1 + SFD", "sfd_t1_sfd_xl1",
+     {70000: 8.79, 120000: 6.22, 400000: 3.53, 1000000: 2.82, 2000000: 2.74, 4000000: 2.54}),
+]
+SFD_TABLE2 = [  # (model, epochs, run, (FID, sFID, IS, Pre, Rec)) with AutoGuidance
+    ("SFD (XL, 675M)", 80, "sfd_t2_sfd_xl_80ep_autoguidance", (1.30, 3.87, 233.4, 0.78, 0.64)),
+    ("SFD (XL, 675M)", 800, "sfd_t2_sfd_xl_800ep_autoguidance", (1.06, 3.89, 267.0, 0.78, 0.67)),
+    ("SFD (XXL, 1.0B)", 80, "sfd_t2_sfd_1p0_80ep_autoguidance", (1.19, 4.00, 240.4, 0.78, 0.65)),
+    ("SFD (XXL, 1.0B)", 800, "sfd_t2_sfd_1p0_800ep_autoguidance", (1.04, 3.75, 264.2, 0.78, 0.66)),
+]
+SFD_DELTA = [  # (delta, run, FID-50K, printed on the plot (else read off it, +-0.03))
+    (0.0, "sfd_dt_0p0", 5.24, True), (0.1, "sfd_dt_0p1", 3.37, False), (0.2, "sfd_dt_0p2", 3.14, False),
+    (0.3, "sfd_dt_0p3", 3.03, True), (0.4, "sfd_dt_0p4", 3.16, False), (0.5, "sfd_dt_0p5", 3.61, False),
+    (0.6, "sfd_dt_0p6", 3.87, False), (0.7, "sfd_dt_0p7", 4.40, False), (0.8, "sfd_dt_0p8", 4.69, False),
+    (0.9, "sfd_dt_0p9", 5.09, False), (1.0, "sfd_dt_1p0", 5.41, True),
+]
+STEP_IN_NAME = re.compile(r"-ckpt-(\d+)(?:-|$)")   # inference.py's sample folder: {model}-ckpt-{step}-...
+
+
+def sfd_runs() -> List[str]:
+    """The config stems of configs/sfd/paper/ that SFD's tables read."""
+    return [run for _, run, _ in SFD_TABLE1] + [row[2] for row in SFD_TABLE2] + [row[1] for row in SFD_DELTA]
+
+
+def step_of(name: str) -> Optional[int]:
+    """The checkpoint step a sample folder's name carries (`...-ckpt-0400000-...`), else None."""
+    match = STEP_IN_NAME.search(name)
+    return int(match.group(1)) if match else None
+
 
 def gen_run(size: str, tokenizer: str) -> str:
     """The LightningDiT config (= run) stem of a gFID cell."""
@@ -130,6 +178,7 @@ def known_runs() -> List[str]:
     for table in (TABLE4, TABLE5):
         runs += [r for row in table for r in (row[1], gen_run("b", row[1]))]
     runs += [row[2] for row in TABLE6]
+    runs += sfd_runs()
     return sorted(set(runs))
 
 
@@ -190,12 +239,17 @@ def collect(roots: Sequence[str], runs: Optional[Sequence[str]] = None) -> Tuple
                 if run is None:
                     unmatched.append(f"{path}" + (f" [{entry}]" if entry else ""))
                     continue
-                result = Result(kind, run, values, str(path), os.path.getmtime(path))
+                step = step_of(_path_candidates(path, root)[0])
+                result = Result(kind, run, values, str(path), os.path.getmtime(path), step)
                 old = found.get((kind, run))
-                if old is not None:
+                if old is not None and old.step == step:
                     logger.warning("%s: %s and %s both report it; using the newer", run, old.path, path)
                 if old is None or result.mtime >= old.mtime:
                     found[(kind, run)] = result
+                if step is not None:      # SFD's rows over training steps
+                    old = found.get((kind, run, step))
+                    if old is None or result.mtime >= old.mtime:
+                        found[(kind, run, step)] = result
     return found, unmatched
 
 
@@ -210,10 +264,10 @@ class Report:
         self.results = results
         self.notes: List[str] = []
 
-    def value(self, metric: str, run: str) -> Tuple[Optional[float], str]:
-        """(our number or None, footnote mark)."""
+    def value(self, metric: str, run: str, step: Optional[int] = None) -> Tuple[Optional[float], str]:
+        """(our number or None, footnote mark); `step`: the result of that checkpoint step only."""
         kind, key, _ = METRICS[metric]
-        result = self.results.get((kind, run))
+        result = self.results.get((kind, run) if step is None else (kind, run, step))
         if result is None or result.values.get(key) is None:
             return None, ""
         mark = ""
@@ -224,13 +278,15 @@ class Report:
                 self.notes.append(note)
         return float(result.values[key]), mark
 
-    def cell(self, metric: str, run: str, paper: Optional[float], fid_num: Optional[int] = None) -> str:
-        ours, mark = self.value(metric, run)
+    def cell(self, metric: str, run: str, paper: Optional[float], fid_num: Optional[int] = None,
+             step: Optional[int] = None) -> str:
+        ours, mark = self.value(metric, run, step)
         decimals = METRICS[metric][2]
         paper_text = "–" if paper is None else f"{paper:.{decimals}f}"
         if ours is None:
             return f"not run / {paper_text}"
-        n = self.results[(METRICS[metric][0], run)].values.get("num_sample_images")
+        key = (METRICS[metric][0], run) if step is None else (METRICS[metric][0], run, step)
+        n = self.results[key].values.get("num_sample_images")
         if fid_num is not None and n is not None and int(n) != fid_num:
             mark += f" (n={int(n)})"
         text = f"{ours:.{decimals}f}{mark} / {paper_text}"
@@ -247,7 +303,7 @@ def _table(title: str, caption: str, header: Sequence[str], rows: List[List[str]
 
 
 def render(results: Dict[Tuple[str, str], Result], unmatched: Sequence[str] = ()) -> str:
-    """The six tables as Markdown."""
+    """The six tables, then SFD's three, as Markdown."""
     r = Report(results)
     out = ["# Reproduction report: ours / paper (ours - paper)", ""]
     out.append(_table(
@@ -285,6 +341,7 @@ def render(results: Dict[Tuple[str, str], Result], unmatched: Sequence[str] = ()
         ["spec", "VF model", "run", "density CV", "Gini", "norm. entropy", "gFID"],
         [[spec, vf, f"`{run}`", *[r.cell(m, run, p) for m, p in zip(("density", "Gini", "entropy"), uni)],
           r.cell("gFID", gen_run("b", run), gen, 10000)] for spec, vf, run, uni, gen in TABLE6]))
+    out += render_sfd(r)
     notes = list(r.notes)
     if any("(n=" in line for line in out):
         notes.append("(n=N): the evaluation used N images, not the table's protocol")
@@ -294,6 +351,42 @@ def render(results: Dict[Tuple[str, str], Result], unmatched: Sequence[str] = ()
         out += ["Results not matched to a row (name the run folder or file after the config stem):", ""]
         out += [f"- `{u}`" for u in unmatched] + [""]
     return "\n".join(out)
+
+
+def _steps(step: int) -> str:
+    return f"{step // 1000}K" if step < 1_000_000 else f"{step // 1_000_000}M"
+
+
+def render_sfd(r: Report) -> List[str]:
+    """SFD's Table 1 (steps as columns), Table 2's SFD rows and the delta-t ablation."""
+    out = ["## SFD (Semantic-First Diffusion): ours / paper (ours - paper)", ""]
+    rows = []
+    for model, run, paper in SFD_TABLE1:
+        cells = []
+        for step in SFD_STEPS:
+            ours, _ = r.value("gFID", run, step)
+            cells.append(r.cell("gFID", run, paper[step], 50000, step) if step in paper or ours is not None else "–")
+        rows.append([model, f"`{run}`", *cells])
+    out.append(_table(
+        "SFD Table 1: FID-50K without guidance over training steps (ImageNet 256)",
+        "Configs `configs/sfd/paper/<run>.yaml` (SD-VAE f16d32 texture latents; + SFD adds the Semantic VAE "
+        "channels, delta 0.3, REPA); a cell is the sample folder of that checkpoint (`-ckpt-<step>-`).",
+        ["model", "run", *map(_steps, SFD_STEPS)], rows))
+    out.append(_table(
+        "SFD Table 2: SFD with AutoGuidance (ImageNet 256, 50K images)",
+        "Configs `configs/sfd/paper/<run>.yaml`: the Table 1 / XXL networks at 400K (80 epochs) and 4M "
+        "(800 epochs), the SFD-B/1 guide (`sfd_guide_b1*.yaml`) at SFD's iteration and scale.",
+        ["model", "epochs", "run", *ADM_COLS],
+        [[model, str(epochs), f"`{run}`", *[r.cell(m, run, p, 50000) for m, p in zip(ADM_COLS, paper)]]
+         for model, epochs, run, paper in SFD_TABLE2]))
+    out.append(_table(
+        "SFD delta-t ablation: FID-50K over the semantic lead delta",
+        "Configs `configs/sfd/paper/sfd_dt_<delta>.yaml` (SFD-XL/1, 400K steps, no guidance: the paper's "
+        "setting is not stated); * paper value read off the plot (+-0.03).",
+        ["delta", "run", "FID-50K"],
+        [[f"{delta:.1f}" + ("" if printed else "*"), f"`{run}`", r.cell("gFID", run, fid, 50000)]
+         for delta, run, fid, printed in SFD_DELTA]))
+    return out
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:

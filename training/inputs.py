@@ -16,7 +16,7 @@ def check_training_inputs(cfg) -> None:
     """Latent shards (keys, dtypes, non-empty, shape vs the model, labels vs data.num_classes),
     SFD's parts the config asks for (semantic latents adding up to model.semantic_chans, REPA
     targets with model.use_repa, one per model token), their stats (finite, positive std), the
-    validation latents and the warm-start file."""
+    validation latents, the guide of evaluation with AutoGuidance and the warm-start file."""
     grid = latent_size(cfg)
     m = cfg.model
     parts = dict(semantic_chans=m.semantic_chans, repa=m.use_repa)
@@ -30,6 +30,8 @@ def check_training_inputs(cfg) -> None:
     if len(shards) < cfg.train.global_batch_size:
         raise ValueError(f"{cfg.data.data_path}: {len(shards)} latents, fewer than one global batch "
                          f"(train.global_batch_size = {cfg.train.global_batch_size})")
+    if cfg.train.eval_every:
+        check_eval_guide(cfg)
     if cfg.train.weight_init:
         path = Path(cfg.train.weight_init)
         if not path.is_file():
@@ -40,16 +42,33 @@ def check_training_inputs(cfg) -> None:
 
 
 def check_repa_grid(cfg, shards: LatentShards) -> None:
-    """REPA compares the model's tokens one to one with the target's h x w feature vectors."""
+    """REPA compares the model's tokens one to one with the target's h x w feature vectors, each
+    as wide as the projector's output (the width of model.repa_dino_version's features)."""
     import torch
 
     with torch.device("meta"):  # the token count without allocating weights
-        tokens = build_model(cfg).pos_embed.shape[1]
+        model = build_model(cfg)
+    tokens, width = model.pos_embed.shape[1], model.repa_projector[-1].out_features
     dim, h, w = require_repa_target(shards)
+    if dim != width:
+        raise ValueError(f"{shards.files[0]}: REPA targets feats_dino are {dim} wide, model.repa_dino_version "
+                         f"{cfg.model.repa_dino_version!r} projects to {width}")
     if h * w != tokens:
         raise ValueError(f"{shards.files[0]}: REPA targets feats_dino of {h}x{w} = {h * w} positions, "
                          f"the model has {tokens} tokens (model.model_type / model.patch_size, "
                          f"data.image_size // vae.downsample_ratio)")
+
+
+def check_eval_guide(cfg) -> None:
+    """Evaluation during training with AutoGuidance (`sample.autoguidance`, train.eval_cfg_scale > 1)
+    needs the guide's YAML and checkpoint (sampling/networks.py: guide_config)."""
+    from sampling.networks import autoguidance_active, guide_config
+
+    if autoguidance_active(cfg, cfg.train.eval_cfg_scale):
+        guide = guide_config(cfg)
+        if not Path(guide.ckpt_path).is_file():
+            raise FileNotFoundError(f"{cfg.sample.autoguidance_config}: the guide checkpoint ckpt_path "
+                                    f"{guide.ckpt_path} is not a file (evaluation during training uses it)")
 
 
 def check_tokenizer_training_inputs(cfg) -> None:

@@ -8,9 +8,10 @@ for seed `train.global_seed` and the i-th label of a seeded class-balanced permu
 `train.eval_steps` Euler steps and guidance `train.eval_cfg_scale`; the main process gathers them.
 
 The images come from the sampling loop of FID sampling (sampling/loop.py: the same noise and
-labels per index, the network under `sample.precision`), with classifier-free guidance only
-(AutoGuidance and SFD's per-part scales are inference settings: evaluation guides every part with
-`train.eval_cfg_scale`).
+labels per index, the network under `sample.precision`). Guidance is `train.eval_cfg_scale` on
+every part: classifier-free, or AutoGuidance with the guide of `sample.autoguidance_config` when
+the config turns `sample.autoguidance` on (SFD's per-part scales are inference settings). An SFD
+model is sampled with its semantic-first schedule (Euler over [0, 1 + delta] with the phase masks).
 
 What needs files is optional: without tokenizer weights the grid shows latent channels 0-2 and
 there is no FID; without `data.fid_reference_file` or Inception weights ($ADM_INCEPTION_WEIGHTS)
@@ -53,10 +54,11 @@ def eval_set(cfg, rank: int, world_size: int) -> Tuple[List[int], torch.Tensor, 
 
 def eval_sampling_config(cfg):
     """`cfg` with the cheap evaluation sampler: ODE, Euler, `train.eval_steps` steps, forward, and
-    classifier-free guidance at `train.eval_cfg_scale` on every part."""
+    guidance at `train.eval_cfg_scale` on every part (AutoGuidance when `sample.autoguidance` is on,
+    else classifier-free)."""
     return OmegaConf.merge(cfg, {"sample": {"mode": "ODE", "sampling_method": "euler", "reverse": False,
                                             "num_sampling_steps": cfg.train.eval_steps,
-                                            "cfg_scale": cfg.train.eval_cfg_scale, "autoguidance": False,
+                                            "cfg_scale": cfg.train.eval_cfg_scale,
                                             "cfg_scale_tex": None, "cfg_scale_sem": None}})
 
 
@@ -103,8 +105,9 @@ class OnlineEvaluator:
             skipped += self._load_fid_reference(random_init)
         if rt.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            logger.info("evaluation every %d steps: %d images, %d Euler steps, cfg scale %g%s",
+            logger.info("evaluation every %d steps: %d images, %d Euler steps, %s scale %g%s",
                         cfg.train.eval_every, cfg.train.eval_num, cfg.train.eval_steps,
+                        "AutoGuidance" if self.sampler.guidance.kind == "auto" else "cfg",
                         cfg.train.eval_cfg_scale, "".join(f"; skipping {s}" for s in skipped))
 
     def _load_fid_reference(self, random_init: bool) -> List[str]:

@@ -1,7 +1,7 @@
 """The Semantic VAE trainer's building blocks (SFD `tokenizer/semvae/train.py`), used by the thin
 `train_semvae.py`.
 
-SFD's recipe (docs/reference_behaviour.md, SFD part §1.3): pre-extracted DINOv2 patch tokens
+SFD's recipe (docs/reference_behaviour.md, §12.1.3): pre-extracted DINOv2 patch tokens
 (datasets/semantic_features.py), loss MSE + cos + 1e-7 KL (+ the weighted L1 and classification
 terms; tokenizer/semvae.py), AdamW(lr) with torch's other defaults, warm-up 500 steps from
 0.01 x lr, constant for `constant_steps`, cosine to 0.1 x lr at `total_iterations`, bf16 autocast,

@@ -53,8 +53,8 @@ class TimeSchedule:
             raise ValueError("a time schedule needs one size, lead and name per channel group")
         if any(c < 0 for c in self.channels) or (len(self.channels) > 1 and 0 in self.channels):
             raise ValueError(f"channel group sizes must be positive, got {self.channels}")
-        if any(not 0.0 <= lead < 1.0 for lead in self.leads):
-            raise ValueError(f"group leads must lie in [0, 1), got {self.leads}")
+        if any(not 0.0 <= lead <= 1.0 for lead in self.leads):   # 1: one group after the other (SFD's ablation end)
+            raise ValueError(f"group leads must lie in [0, 1], got {self.leads}")
 
     @classmethod
     def single(cls, channels: int = 0) -> "TimeSchedule":

@@ -129,6 +129,60 @@ def test_empty_folder_every_row_not_run(tmp_path):
     assert out.read_text() == text
     assert "not included" not in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and "/" in line]
-    # every paper row of Tables 1-6 is there: 10 + 9 + 2 + 5 + 5 + 6
-    assert len(rows) == 37
+    # every paper row of Tables 1-6 is there: 10 + 9 + 2 + 5 + 5 + 6; SFD's: 9 + 4 + 11
+    assert len(rows) == 37 + 24
     assert all("not run" in line for line in rows)
+
+
+def test_sfd_tables(tmp_path):
+    """SFD's rows: a cell per (config stem, checkpoint step of the sample folder); cells the paper
+    has no number for stay '–' unless we have one."""
+    out = tmp_path / "outputs" / "train"
+    folder = "lightningdit-xl-1-ckpt-{:07d}-dopri5-250-balanced"
+    _write(out / "sfd_t1_sfd_xl1" / f"{folder.format(400000)}_adm_eval.json", _adm(3.60, n=50000))
+    _write(out / "sfd_t1_sfd_xl1" / f"{folder.format(4000000)}_adm_eval.json", _adm(2.50, n=50000))
+    _write(out / "sfd_t1_sfd_xl1" / f"{folder.format(3000000)}_adm_eval.json", _adm(2.60, n=50000))
+    _write(out / "sfd_t1_lightningdit_b1_repa" / "lightningdit-b-1-ckpt-0400000-dopri5-250_adm_eval.json",
+           _adm(20.00, n=10000))
+    _write(out / "sfd_t2_sfd_xl_800ep_autoguidance" /
+           f"{folder.format(4000000)}-interval0.00-cfg1.50-shift0.00-ag0070000_adm_eval.json",
+           _adm(1.10, n=50000, sfid=4.00, inception_score=260.0, precision=0.79, recall=0.66))
+    _write(out / "sfd_dt_1p0" / f"{folder.format(400000)}_adm_eval.json", _adm(5.00, n=50000))
+    text = R.main([str(tmp_path / "outputs")])
+    t1 = _section(text, "### SFD Table 1")
+    header = [c.strip() for c in t1.splitlines()[4].strip("|").split("|")]
+    assert header == ["model", "run", "70K", "120K", "400K", "1M", "2M", "4M"]
+    xl = _row(t1, "LightningDiT-XL/1 + SFD")
+    assert xl[2:] == ["not run / 8.79", "not run / 6.22", "3.60 / 3.53 (+0.07)", "not run / 2.82",
+                      "not run / 2.74", "2.50 / 2.54 (-0.04)"]
+    assert _row(t1, "LightningDiT-XL/1")[2:4] == ["–", "–"]                  # no paper number, no result
+    assert _row(t1, "LightningDiT-B/1 + REPA")[4] == "20.00 (n=10000) / 21.45 (-1.45)"
+    t2 = _section(text, "### SFD Table 2")
+    assert _row(t2, "SFD (XL, 675M)")[3:] == ["not run / 1.30", "not run / 3.87", "not run / 233.4",
+                                              "not run / 0.78", "not run / 0.64"]
+    row800 = [c.strip() for c in [line for line in t2.splitlines() if "800ep" in line and "xl" in line][0]
+              .strip().strip("|").split("|")]
+    assert row800[3:] == ["1.10 / 1.06 (+0.04)", "4.00 / 3.89 (+0.11)", "260.0 / 267.0 (-7.0)",
+                          "0.79 / 0.78 (+0.01)", "0.66 / 0.67 (-0.01)"]
+    dt = _section(text, "### SFD delta-t")
+    assert _row(dt, "1.0")[2] == "5.00 / 5.41 (-0.41)" and _row(dt, "0.3")[2] == "not run / 3.03"
+    assert _row(dt, "0.4*")[2] == "not run / 3.16"                        # read off the plot
+    # a step no column shows is not lost silently: it is the run's newest result, not a cell
+    assert "2.60" not in t1
+
+
+def test_sfd_runs_are_the_paper_configs():
+    """Every SFD run the report reads is a config of configs/sfd/paper/ whose exp_name is its stem,
+    and the sample folder names carry the checkpoint step the report parses."""
+    from pathlib import Path
+
+    from configs.schema import load_config
+    from sampling.protocol import folder_name, settings
+
+    root = Path(__file__).resolve().parents[2] / "configs" / "sfd" / "paper"
+    for run in R.sfd_runs():
+        cfg = load_config(str(root / f"{run}.yaml"))
+        assert cfg.train.exp_name == run
+    cfg = load_config(str(root / "sfd_t1_sfd_xl1.yaml"), ["ckpt_path=outputs/train/sfd_t1_sfd_xl1/checkpoints/1000000.pt"])
+    assert R.step_of(folder_name(settings(cfg))) == 1_000_000
+    assert R.step_of("a-ckpt-0070000") == 70000 and R.step_of("lightningdit-xl-1-ckpt-last-dopri5") is None
