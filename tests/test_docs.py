@@ -73,7 +73,7 @@ def test_the_report_finds_a_table3_run_where_sampling_writes_it(tmp_path):
             json.dumps({"fid": 2.0, "sfid": 4.0, "inception_score": 250.0, "precision": 0.8, "recall": 0.6}))
     found, unmatched = collect([str(tmp_path / "output")])
     assert unmatched == []
-    assert {run for kind, run in found if kind == ADM} == {"lightningdit_xl_vavae_f16d32_64ep_cfg",
+    assert {key[1] for key in found if key[0] == ADM} == {"lightningdit_xl_vavae_f16d32_64ep_cfg",
                                                            "lightningdit_xl_vavae_f16d32_800ep_cfg"}
 
 

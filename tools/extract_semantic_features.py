@@ -6,8 +6,8 @@
     python tools/extract_semantic_features.py --data_root /data/imagenet/val \
         --output_root outputs/dataset/imagenet-dinov2/val --weights ... --max_samples 500
 
-Follows SFD `tokenizer/semvae/extract_dinov2_feature.py` (docs/reference_behaviour.md, SFD part
-§1.1): torchvision ImageFolder order, the first `--max_samples` images, each through the Semantic
+Follows SFD `tokenizer/semvae/extract_dinov2_feature.py` (docs/reference_behaviour.md
+§12.1.1): torchvision ImageFolder order, the first `--max_samples` images, each through the Semantic
 VAE's training view (resize 256 bicubic, center crop 224, ImageNet normalisation), the frozen
 encoder in fp32, and `{output_root}/{model_name}/features_{N}samples.safetensors` +
 `metadata_{N}samples.json` (datasets/semantic_features.py describes the tensors), which

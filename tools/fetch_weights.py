@@ -185,6 +185,10 @@ REGISTRY: Tuple[Entry, ...] = (
           SFD_LICENCE, ("semvae.semvae_ckpt_path={file}",),
           pickle="optimizer, scheduler and loss-tracker state beside the weights (not verified loadable "
                  "as tensors only)", note=SFD_INFERRED),
+    Entry("dinov2-vitb14-reg", "DINOv2 ViT-B/14 with registers: SFD's semantic encoder and REPA target",
+          (_hub("pretrained_models/vit_base_patch14_reg4_dinov2.lvd142m.safetensors",
+                FOUNDATION_MODELS["dinov2_vitb14_reg"].hub_id, "model.safetensors", 346 * MB),),
+          "Apache-2.0", ("--dino-weights {file}", "--weights {file}")),
     Entry("sfd-latents-stats", "SFD's texture and semantic latent statistics (latents_stats.pt, latents_sv_stats.pt)",
           (_hub(f"outputs/dataset/{SFD_LATENTS}/latents_stats.pt", SFD, f"{SFD_LATENTS}/latents_stats.pt"),
            _hub(f"outputs/dataset/{SFD_LATENTS}/latents_sv_stats.pt", SFD, f"{SFD_LATENTS}/latents_sv_stats.pt")),

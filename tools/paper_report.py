@@ -214,8 +214,9 @@ def _path_candidates(path: Path, root: Path) -> List[str]:
     return [stem] + folders
 
 
-def collect(roots: Sequence[str], runs: Optional[Sequence[str]] = None) -> Tuple[Dict[Tuple[str, str], Result], List[str]]:
-    """{(kind, run): newest result} from every JSON under `roots`, and the unmatched files."""
+def collect(roots: Sequence[str], runs: Optional[Sequence[str]] = None) -> Tuple[Dict[tuple, Result], List[str]]:
+    """{(kind, run): newest result, and (kind, run, step) for results of a known training step}
+    from every JSON under `roots`, and the unmatched files."""
     runs = list(runs if runs is not None else known_runs())
     found: Dict[Tuple[str, str], Result] = {}
     unmatched: List[str] = []

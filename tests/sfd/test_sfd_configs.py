@@ -20,7 +20,7 @@ from tokenizer.vavae import VA_VAE
 
 from sfd_release import GUIDE_YAML, REPO, SFD_CONFIGS, TINY
 
-YAMLS = sorted(SFD_CONFIGS.rglob("*.yaml"))
+YAMLS = sorted(p for p in SFD_CONFIGS.rglob("*.yaml") if p.parent.name != "paper")  # paper/: ours, tested apart
 TRAIN_YAMLS = [p for p in YAMLS if p.name.startswith("train")]
 INFERENCE_YAMLS = [p for p in YAMLS if p.name.startswith("inference")]
 TOKENIZER = REPO / "configs" / "tokenizer"
