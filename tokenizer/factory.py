@@ -84,6 +84,11 @@ def tokenizer_type(config_path: str | os.PathLike) -> str:
     return name
 
 
+class WeightsNotSetError(FileNotFoundError, ValueError):
+    """A tokenizer YAML without `ckpt_path`: a missing weights file (reported with the other missing
+    files of a command) that is also a config error (callers that catch ValueError keep working)."""
+
+
 def check_tokenizer_weights(config_path: str | os.PathLike, random_init: bool = False) -> None:
     """The weights a tokenizer YAML names, checked without loading them, so that a command can
     refuse before it creates anything: `ckpt_path` set and present (a file, or for SD-VAE a
@@ -95,8 +100,8 @@ def check_tokenizer_weights(config_path: str | os.PathLike, random_init: bool = 
     wrapper = TOKENIZERS[tokenizer_type(path)]
     ckpt = load_yaml(path).get("ckpt_path")
     if not ckpt:
-        raise ValueError(f"{path}: ckpt_path is not set ({wrapper.weights_hint}); "
-                         "random weights need random_init=True")
+        raise WeightsNotSetError(f"{path}: ckpt_path is not set ({wrapper.weights_hint}); "
+                                 "random weights need random_init=True")
     ckpt = os.fspath(ckpt)
     if not os.path.exists(ckpt):
         where = RELEASED_WEIGHTS.get(os.path.basename(ckpt), wrapper.weights_hint)

@@ -140,6 +140,18 @@ def test_the_door_names_every_missing_released_file_and_where_it_comes_from(tmp_
         check_sampling_inputs(unguided, tokenizer_weights=False)
 
 
+def test_a_tokenizer_yaml_without_weights_is_listed_with_the_other_missing_files(tmp_path, monkeypatch):
+    """configs/tiny's tokenizer YAML has no ckpt_path: that is reported beside the missing
+    checkpoint, not instead of it (tools/reliability_audit.py, run_inference.sh case)."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_config(str(REPO / "configs/tiny/lightningdit_tiny.yaml"), ["ckpt_path=missing.pt"])
+    with pytest.raises(FileNotFoundError) as err:
+        check_sampling_inputs(cfg)
+    msg = str(err.value)
+    assert msg.startswith("3 files missing: LightningDiT checkpoint not found: missing.pt"), msg
+    assert "tiny_vavae_f4d4.yaml: ckpt_path is not set" in msg and "latent statistics not found" in msg
+
+
 def test_a_missing_semantic_stats_file_is_named(in_released, tmp_path):
     import shutil
     data = tmp_path / "stats"
