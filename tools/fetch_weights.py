@@ -112,11 +112,12 @@ def _sfd_dit(name: str, folder: str, step: int, what: str) -> Entry:
                  SFD_LICENCE, ("ckpt_path={file}",), pickle=SFD_PICKLE, note=SFD_INFERRED)
 
 
-def _foundation(name: str, key: str, what: str, licence: str, size: int) -> Entry:
+def _foundation(name: str, key: str, what: str, licence: str, size: int,
+                use: Tuple[str, ...] = ("model.params.foundation.weights={file}",)) -> Entry:
     hub_id = FOUNDATION_MODELS[key].hub_id
     return Entry(name, what, (_hub(f"pretrained_models/{hub_id.split('/')[1]}.safetensors", hub_id,
                                    "model.safetensors", size),),
-                 licence, ("model.params.foundation.weights={file}",))
+                 licence, use)
 
 
 def _sdvae(variant: str) -> Entry:
@@ -185,10 +186,8 @@ REGISTRY: Tuple[Entry, ...] = (
           SFD_LICENCE, ("semvae.semvae_ckpt_path={file}",),
           pickle="optimizer, scheduler and loss-tracker state beside the weights (not verified loadable "
                  "as tensors only)", note=SFD_INFERRED),
-    Entry("dinov2-vitb14-reg", "DINOv2 ViT-B/14 with registers: SFD's semantic encoder and REPA target",
-          (_hub("pretrained_models/vit_base_patch14_reg4_dinov2.lvd142m.safetensors",
-                FOUNDATION_MODELS["dinov2_vitb14_reg"].hub_id, "model.safetensors", 346 * MB),),
-          "Apache-2.0", ("--dino-weights {file}", "--weights {file}")),
+    _foundation("dinov2-vitb14-reg", "dinov2_vitb14_reg", "DINOv2 ViT-B/14 with registers: SFD's semantic encoder "
+                "and REPA target", "Apache-2.0", 346 * MB, use=("--dino-weights {file}", "--weights {file}")),
     Entry("sfd-latents-stats", "SFD's texture and semantic latent statistics (latents_stats.pt, latents_sv_stats.pt)",
           (_hub(f"outputs/dataset/{SFD_LATENTS}/latents_stats.pt", SFD, f"{SFD_LATENTS}/latents_stats.pt"),
            _hub(f"outputs/dataset/{SFD_LATENTS}/latents_sv_stats.pt", SFD, f"{SFD_LATENTS}/latents_sv_stats.pt")),

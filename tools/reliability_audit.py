@@ -368,9 +368,14 @@ def last_line(text: str) -> str:
     return lines[-1].strip() if lines else ""
 
 
+def relative(text: str, work: Path) -> str:
+    """`text` with this checkout's and the case's folder left out, as the table shows paths."""
+    return text.replace(f"{REPO}/", "").replace(f"{work}/", "")
+
+
 def shown_command(case: Case, work: Path) -> str:
     """The command as a user would type it (repository-relative, `python`)."""
-    words = [shlex.quote(a.replace(f"{REPO}/", "").replace(str(work) + "/", "")) for a in case.cmd]
+    words = [shlex.quote(relative(a, work)) for a in case.cmd]
     words = ["python" if a == shlex.quote(PY) else a for a in words]
     return " ".join([f"{k}={shlex.quote(v)}" for k, v in case.env.items()] + words)
 
@@ -417,7 +422,7 @@ def run_case(case: Case, base: Path, timeout: int) -> dict:
         if leaked or SECRET in out:
             problems.append(f"$AUDIT_SECRET written to {leaked or 'the output'}")
         return {"area": case.area, "name": case.name, "command": shown_command(case, work), "status": rc,
-                "last": line[:240], "seconds": round(seconds, 1),
+                "last": relative(line, work)[:240], "seconds": round(seconds, 1),
                 "verdict": "ok" if not problems else "FAIL: " + "; ".join(problems), "output_tail": out[-2000:]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
